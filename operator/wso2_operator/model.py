@@ -1,0 +1,221 @@
+"""Typed views of a WSO2Cluster's spec and persisted progress.
+
+The apiserver has already validated and defaulted the spec (see crds/wso2clusters.yaml), so the
+parsing here is about types, not validation; the defaults repeated below only matter for objects
+created before a default was added to the CRD.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+
+class Phase(StrEnum):
+    """Per-node phase, persisted in status.nodes[].phase. In-flight phases are resumable."""
+
+    CURRENT = "Current"  # at the target version (not necessarily in rotation; see observation)
+    OUTDATED = "Outdated"
+    UNKNOWN = "Unknown"  # version could not be probed
+    DRAINING = "Draining"
+    PROVISIONING = "Provisioning"
+    VERIFYING = "Verifying"
+    WAITING_HEALTHY = "WaitingHealthy"
+    ENABLING = "Enabling"
+    SOAKING = "Soaking"
+    FAILED = "Failed"
+
+
+IN_FLIGHT = frozenset(
+    {
+        Phase.DRAINING,
+        Phase.PROVISIONING,
+        Phase.VERIFYING,
+        Phase.WAITING_HEALTHY,
+        Phase.ENABLING,
+        Phase.SOAKING,
+    }
+)
+# Phases in which the node must be out of load-balanced traffic on every LB.
+MUST_BE_OUT = frozenset({Phase.PROVISIONING, Phase.VERIFYING, Phase.WAITING_HEALTHY, Phase.FAILED})
+# Before re-enable starts, a new spec version can be applied to a node still out of rotation
+# without putting it back first: that is the "safe point" for a retarget.
+RETARGETABLE = frozenset({Phase.PROVISIONING, Phase.VERIFYING, Phase.WAITING_HEALTHY})
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    name: str
+    host: str
+    ssh_port: int = 22
+
+
+@dataclass(frozen=True)
+class LBHostSpec:
+    name: str
+    host: str | None = None
+    ssh_port: int = 22
+    socket: str | None = None
+    address: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "sshPort": self.ssh_port}
+        if self.host:
+            d["host"] = self.host
+        if self.socket:
+            d["socket"] = self.socket
+        if self.address:
+            d["address"] = self.address
+        return d
+
+
+@dataclass(frozen=True)
+class HealthSpec:
+    port: int = 8243
+    scheme: str = "HTTPS"
+    path: str = "/health"
+    expected_status: int = 200
+    period: float = 1.0
+    timeout: float = 2.0
+    healthy_deadline: float = 300.0
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    version: str
+    nodes: tuple[NodeSpec, ...]
+    ssh_user: str
+    secret_name: str
+    private_key_key: str = "ssh-privatekey"
+    known_hosts_key: str = "known_hosts"
+    connect_timeout: float = 10.0
+    backend: str = ""
+    lb_hosts: tuple[LBHostSpec, ...] = ()
+    tolerate_unreachable: bool = False
+    provision_commands: tuple[str, ...] = ()
+    version_command: str = ""
+    provision_timeout: float = 600.0
+    health: HealthSpec = field(default_factory=HealthSpec)
+    max_unavailable: int = 1
+    drain_timeout: float = 300.0
+    on_drain_timeout: str = "Fail"
+    min_ready_seconds: float = 0.0
+    progress_deadline: float = 1800.0
+    failure_policy: str = "Pause"
+    paused: bool = False
+
+    @property
+    def node_names(self) -> tuple[str, ...]:
+        return tuple(n.name for n in self.nodes)
+
+    def node(self, name: str) -> NodeSpec:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+    @classmethod
+    def from_dict(cls, spec: Mapping[str, Any]) -> ClusterSpec:
+        nodes = tuple(
+            NodeSpec(name=n["name"], host=n["host"], ssh_port=int(n.get("sshPort", 22)))
+            for n in spec.get("nodes", [])
+        )
+        ssh = spec.get("ssh", {})
+        ref = ssh.get("secretRef", {})
+        lbs = spec.get("loadBalancers", {})
+        prov = spec.get("provision", {})
+        hc = spec.get("healthCheck", {}) or {}
+        up = spec.get("update", {}) or {}
+        return cls(
+            version=str(spec["version"]),
+            nodes=nodes,
+            ssh_user=ssh.get("user", "root"),
+            secret_name=ref.get("name", ""),
+            private_key_key=ref.get("privateKeyKey", "ssh-privatekey"),
+            known_hosts_key=ref.get("knownHostsKey", "known_hosts"),
+            connect_timeout=float(ssh.get("connectTimeoutSeconds", 10)),
+            backend=lbs.get("backend", ""),
+            lb_hosts=tuple(
+                LBHostSpec(
+                    name=h["name"],
+                    host=h.get("host"),
+                    ssh_port=int(h.get("sshPort", 22)),
+                    socket=h.get("socket"),
+                    address=h.get("address"),
+                )
+                for h in lbs.get("hosts", [])
+            ),
+            tolerate_unreachable=bool(lbs.get("tolerateUnreachable", False)),
+            provision_commands=tuple(prov.get("commands", ())),
+            version_command=prov.get("versionCommand", ""),
+            provision_timeout=float(prov.get("timeoutSeconds", 600)),
+            health=HealthSpec(
+                port=int(hc.get("port", 8243)),
+                scheme=hc.get("scheme", "HTTPS"),
+                path=hc.get("path", "/health"),
+                expected_status=int(hc.get("expectedStatus", 200)),
+                period=float(hc.get("periodSeconds", 1)),
+                timeout=float(hc.get("timeoutSeconds", 2)),
+                healthy_deadline=float(hc.get("healthyDeadlineSeconds", 300)),
+            ),
+            max_unavailable=resolve_max_unavailable(up.get("maxUnavailable", 1), len(nodes)),
+            drain_timeout=float(up.get("drainTimeoutSeconds", 300)),
+            on_drain_timeout=up.get("onDrainTimeout", "Fail"),
+            min_ready_seconds=float(up.get("minReadySeconds", 0)),
+            progress_deadline=float(up.get("progressDeadlineSeconds", 1800)),
+            failure_policy=up.get("failurePolicy", "Pause"),
+            paused=bool(up.get("paused", False)),
+        )
+
+
+def resolve_max_unavailable(value: int | str, node_count: int) -> int:
+    """An int, or a percentage rounded down as a Deployment does, never below 1.
+
+    It is also capped at node_count - 1 (when there is more than one node), so that even a
+    spec that slipped past validation always leaves one node serving.
+    """
+    if isinstance(value, str):
+        pct = int(value.rstrip("%"))
+        n = math.floor(node_count * pct / 100)
+    else:
+        n = int(value)
+    n = max(1, n)
+    if node_count > 1:
+        n = min(n, node_count - 1)
+    return n
+
+
+@dataclass(frozen=True)
+class NodeProgress:
+    """What the operator has done to one node: the durable resume cursor, kept in status."""
+
+    phase: Phase = Phase.UNKNOWN
+    target: str | None = None  # the version this node is moving to while in flight
+    previous_version: str | None = None
+    step: int = 0  # next provision command to run
+    since: float | None = None  # when the phase was entered (epoch seconds)
+    start: float | None = None  # when this node's update began (for progressDeadlineSeconds)
+    message: str = ""
+    attempts: int = 0
+
+    @property
+    def in_flight(self) -> bool:
+        return self.phase in IN_FLIGHT
+
+    def to(self, phase: Phase, now: float, message: str = "", **changes: Any) -> NodeProgress:
+        return replace(self, phase=phase, since=now, message=message, attempts=0, **changes)
+
+
+@dataclass(frozen=True)
+class RolloutState:
+    """Cluster-level cursor: what the current rollout is, and any failed version to hold on."""
+
+    from_version: str | None = None
+    to_version: str | None = None
+    start: float | None = None
+    rolling_back: bool = False
+    failed_version: str | None = None
+    retry_token: str | None = None

@@ -1,0 +1,304 @@
+"""The rollout planner: pure decisions, no I/O.
+
+Given the spec, what was observed (versions, health, per-LB server state) and the persisted
+progress, it says which nodes to start, which in-flight nodes to retarget, and which LB states
+to re-assert. Everything that could take a node out of rotation goes through `plan()`, so its
+invariants (property-tested in tests/unit/test_planner_properties.py) are the operator's:
+
+* never more than maxUnavailable nodes out of rotation, counting nodes that are already down,
+  unhealthy, in MAINT/DRAIN, failed or in flight; nodes already out are updated first;
+* a node leaves the in-flight set only after every LB confirmed it UP (see `node_step`), so the
+  next node cannot start before that;
+* nodes already at the target version are not touched;
+* a spec change (new version, pause) never abandons a node out of rotation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from .model import (
+    IN_FLIGHT,
+    RETARGETABLE,
+    ClusterSpec,
+    NodeProgress,
+    Phase,
+    RolloutState,
+)
+
+# Normalised per-LB server states (see haproxy.normalize_status).
+UP, DOWN, DRAIN, MAINT, NOLB = "UP", "DOWN", "DRAIN", "MAINT", "NOLB"
+UNREACHABLE, MISSING = "Unreachable", "Missing"
+
+
+@dataclass(frozen=True)
+class NodeObservation:
+    version: str | None = None  # None: the version probe did not answer
+    healthy: bool | None = None  # None: not checked
+    lb: Mapping[str, str] = field(default_factory=dict)  # LB name -> normalised state
+
+    def reachable_lb_states(self) -> list[str]:
+        return [s for s in self.lb.values() if s != UNREACHABLE]
+
+    @property
+    def in_rotation(self) -> bool:
+        states = self.reachable_lb_states()
+        return bool(states) and all(s == UP for s in states)
+
+    @property
+    def admin_out(self) -> bool:
+        """Taken out on purpose (DRAIN/MAINT) on at least one LB."""
+        return any(s in (DRAIN, MAINT) for s in self.lb.values())
+
+    @property
+    def available(self) -> bool:
+        return self.in_rotation and self.healthy is not False
+
+
+class Blocked(StrEnum):
+    PAUSED = "Paused"
+    HELD = "RolloutFailed"  # a version failed under Pause: wait for a spec change or a retry
+    ROLLED_BACK = "RolledBack"
+    LB_UNREACHABLE = "LoadBalancerUnreachable"
+    BUDGET = "NodesUnavailable"  # other nodes are down and use up maxUnavailable
+    UNKNOWN_VERSION = "VersionUnknown"
+
+
+@dataclass(frozen=True)
+class Begin:
+    node: str
+    target: str
+    phase: Phase  # DRAINING, or WAITING_HEALTHY to put back a node that is current but out
+    previous_version: str | None
+
+
+@dataclass(frozen=True)
+class Retarget:
+    node: str
+    target: str
+
+
+@dataclass(frozen=True)
+class Reassert:
+    node: str
+    lbs: tuple[str, ...]  # LBs on which the node must be put back into MAINT
+
+
+@dataclass(frozen=True)
+class Plan:
+    target: str
+    rolling_back: bool = False
+    begin: tuple[Begin, ...] = ()
+    retarget: tuple[Retarget, ...] = ()
+    reassert: tuple[Reassert, ...] = ()
+    in_flight: tuple[str, ...] = ()
+    unavailable: tuple[str, ...] = ()
+    blocked: Blocked | None = None
+    blocked_message: str = ""
+    complete: bool = False
+
+
+def effective_target(spec: ClusterSpec, rollout: RolloutState) -> tuple[str, bool, bool]:
+    """(target version, rolling back?, held?) for this spec and rollout cursor."""
+    failed_here = rollout.failed_version is not None and rollout.failed_version == spec.version
+    if failed_here and spec.failure_policy == "Rollback" and rollout.from_version:
+        return rollout.from_version, True, False
+    return spec.version, False, failed_here
+
+
+def plan(
+    spec: ClusterSpec,
+    observed: Mapping[str, NodeObservation],
+    progress: Mapping[str, NodeProgress],
+    rollout: RolloutState,
+) -> Plan:
+    target, rolling_back, held = effective_target(spec, rollout)
+    names = spec.node_names
+    prog = {n: progress.get(n, NodeProgress()) for n in names}
+    obs = {n: observed.get(n, NodeObservation()) for n in names}
+
+    in_flight = [n for n in names if prog[n].phase in IN_FLIGHT]
+    unavailable = {
+        n
+        for n in names
+        if prog[n].phase in IN_FLIGHT or prog[n].phase == Phase.FAILED or not obs[n].available
+    }
+
+    retarget = tuple(
+        Retarget(n, target)
+        for n in in_flight
+        if prog[n].target != target
+        and (prog[n].phase in RETARGETABLE or prog[n].phase == Phase.DRAINING)
+    )
+    reassert = tuple(_reassertions(names, prog, obs))
+
+    base = {
+        "target": target,
+        "rolling_back": rolling_back,
+        "retarget": retarget,
+        "reassert": reassert,
+        "in_flight": tuple(in_flight),
+        "unavailable": tuple(n for n in names if n in unavailable),
+    }
+
+    complete = (
+        not in_flight
+        and all(prog[n].phase != Phase.FAILED for n in names)
+        and all(obs[n].version == target and obs[n].available for n in names)
+    )
+    if complete:
+        return Plan(**base, complete=True, blocked=Blocked.ROLLED_BACK if rolling_back else None)
+
+    unreachable = sorted(
+        {lb for n in names for lb, s in obs[n].lb.items() if s == UNREACHABLE}
+    )
+    if spec.paused:
+        return Plan(**base, blocked=Blocked.PAUSED, blocked_message="spec.update.paused is true")
+    if held:
+        failed = [n for n in names if prog[n].phase == Phase.FAILED]
+        return Plan(
+            **base,
+            blocked=Blocked.HELD,
+            blocked_message=(
+                f"version {spec.version} failed"
+                + (f" on {', '.join(failed)}" if failed else "")
+                + "; change spec.version or annotate vmops.dev/retry to try again"
+            ),
+        )
+    if unreachable and not spec.tolerate_unreachable:
+        return Plan(
+            **base,
+            blocked=Blocked.LB_UNREACHABLE,
+            blocked_message=f"load balancer(s) {', '.join(unreachable)} unreachable",
+        )
+
+    def wants_update(n: str) -> bool:
+        if prog[n].phase in IN_FLIGHT:
+            return False
+        if prog[n].phase == Phase.FAILED:
+            return True
+        return obs[n].version is not None and obs[n].version != target
+
+    def wants_reenable(n: str) -> bool:
+        # Current, healthy-looking, but someone (or an interrupted run) left it in DRAIN/MAINT.
+        return (
+            prog[n].phase not in IN_FLIGHT
+            and prog[n].phase != Phase.FAILED
+            and obs[n].version == target
+            and obs[n].admin_out
+        )
+
+    order = list(reversed(names)) if rolling_back else list(names)
+    # Nodes already out of rotation go first: updating them costs no extra availability.
+    candidates = sorted(
+        (n for n in order if wants_update(n) or wants_reenable(n)),
+        key=lambda n: (n not in unavailable, order.index(n)),
+    )
+    begin: list[Begin] = []
+    out = set(unavailable)
+    flying = len(in_flight)
+    for n in candidates:
+        if flying >= spec.max_unavailable:
+            break
+        if n not in out and len(out) + 1 > spec.max_unavailable:
+            break
+        begin.append(
+            Begin(
+                node=n,
+                target=target,
+                phase=Phase.WAITING_HEALTHY if wants_reenable(n) else Phase.DRAINING,
+                previous_version=obs[n].version,
+            )
+        )
+        out.add(n)
+        flying += 1
+
+    blocked: Blocked | None = None
+    message = ""
+    waiting = [n for n in candidates if n not in {b.node for b in begin}]
+    if waiting and not in_flight and not begin:
+        blocked = Blocked.BUDGET
+        down = [n for n in names if n in unavailable]
+        message = (
+            f"{', '.join(down)} out of rotation or unhealthy, which uses maxUnavailable="
+            f"{spec.max_unavailable}; waiting before touching {waiting[0]}"
+        )
+    elif not candidates and not in_flight:
+        unknown = [n for n in names if obs[n].version is None]
+        if unknown:
+            blocked = Blocked.UNKNOWN_VERSION
+            message = f"cannot read the version of {', '.join(unknown)}"
+    return Plan(**base, begin=tuple(begin), blocked=blocked, blocked_message=message)
+
+
+def _reassertions(names, prog, obs):
+    for n in names:
+        phase = prog[n].phase
+        if phase in (Phase.PROVISIONING, Phase.VERIFYING, Phase.FAILED):
+            allowed = {MAINT}
+        elif phase == Phase.WAITING_HEALTHY:
+            allowed = {MAINT, DRAIN}
+        else:
+            continue
+        lbs = tuple(
+            lb for lb, s in obs[n].lb.items() if s not in allowed and s not in (UNREACHABLE, MISSING)
+        )
+        if lbs:
+            yield Reassert(n, lbs)
+
+
+class StepKind(StrEnum):
+    DRAIN = "Drain"
+    PROVISION = "Provision"
+    VERIFY = "Verify"
+    WAIT_HEALTHY = "WaitHealthy"
+    ENABLE = "Enable"
+    SOAK = "Soak"
+    FAIL = "Fail"
+
+
+@dataclass(frozen=True)
+class Step:
+    kind: StepKind
+    index: int = 0  # provision command index
+    reason: str = ""
+    message: str = ""
+
+
+def node_step(node: str, p: NodeProgress, spec: ClusterSpec, now: float) -> Step | None:
+    """The next action for one in-flight node, or None when it is not in flight."""
+    if p.phase not in IN_FLIGHT:
+        return None
+    if p.start is not None and now - p.start > spec.progress_deadline and p.phase != Phase.SOAKING:
+        return Step(
+            StepKind.FAIL,
+            reason="ProgressDeadlineExceeded",
+            message=(
+                f"{node}: update took longer than progressDeadlineSeconds="
+                f"{spec.progress_deadline:g} (in {p.phase})"
+            ),
+        )
+    if p.phase == Phase.DRAINING:
+        return Step(StepKind.DRAIN)
+    if p.phase == Phase.PROVISIONING:
+        if p.step >= len(spec.provision_commands):
+            return Step(StepKind.VERIFY)
+        return Step(StepKind.PROVISION, index=p.step)
+    if p.phase == Phase.VERIFYING:
+        return Step(StepKind.VERIFY)
+    if p.phase == Phase.WAITING_HEALTHY:
+        return Step(StepKind.WAIT_HEALTHY)
+    if p.phase == Phase.ENABLING:
+        return Step(StepKind.ENABLE)
+    return Step(StepKind.SOAK)
+
+
+def display_phase(p: NodeProgress, o: NodeObservation, target: str) -> Phase:
+    """The phase shown for a node that is not in flight."""
+    if p.phase in IN_FLIGHT or p.phase == Phase.FAILED:
+        return p.phase
+    if o.version is None:
+        return Phase.UNKNOWN
+    return Phase.CURRENT if o.version == target else Phase.OUTDATED
