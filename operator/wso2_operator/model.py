@@ -219,3 +219,5 @@ class RolloutState:
     rolling_back: bool = False
     failed_version: str | None = None
     retry_token: str | None = None
+    finished: bool = False  # the history entry for this rollout has been written
+    rollback_failed: bool = False  # a rollback itself failed: hold everything for a human

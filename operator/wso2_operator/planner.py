@@ -103,7 +103,12 @@ class Plan:
 def effective_target(spec: ClusterSpec, rollout: RolloutState) -> tuple[str, bool, bool]:
     """(target version, rolling back?, held?) for this spec and rollout cursor."""
     failed_here = rollout.failed_version is not None and rollout.failed_version == spec.version
-    if failed_here and spec.failure_policy == "Rollback" and rollout.from_version:
+    if (
+        failed_here
+        and spec.failure_policy == "Rollback"
+        and rollout.from_version
+        and not rollout.rollback_failed
+    ):
         return rollout.from_version, True, False
     return spec.version, False, failed_here
 
@@ -151,9 +156,7 @@ def plan(
     if complete:
         return Plan(**base, complete=True, blocked=Blocked.ROLLED_BACK if rolling_back else None)
 
-    unreachable = sorted(
-        {lb for n in names for lb, s in obs[n].lb.items() if s == UNREACHABLE}
-    )
+    unreachable = sorted({lb for n in names for lb, s in obs[n].lb.items() if s == UNREACHABLE})
     if spec.paused:
         return Plan(**base, blocked=Blocked.PAUSED, blocked_message="spec.update.paused is true")
     if held:
@@ -243,7 +246,9 @@ def _reassertions(names, prog, obs):
         else:
             continue
         lbs = tuple(
-            lb for lb, s in obs[n].lb.items() if s not in allowed and s not in (UNREACHABLE, MISSING)
+            lb
+            for lb, s in obs[n].lb.items()
+            if s not in allowed and s not in (UNREACHABLE, MISSING)
         )
         if lbs:
             yield Reassert(n, lbs)

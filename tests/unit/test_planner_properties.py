@@ -42,9 +42,12 @@ def make_spec(n: int, max_unavailable: int, **kw) -> ClusterSpec:
     )
 
 
+# Skewed towards healthy, idle nodes: that is where the budget decisions are interesting.
+LB_STATES = st.sampled_from([UP] * 6 + [DOWN, DRAIN, MAINT])
+
+
 @st.composite
-def worlds(draw, lb_states=st.sampled_from([UP] * 6 + [DOWN, DRAIN, MAINT])):
-    # Skewed towards healthy, idle nodes: that is where the budget decisions are interesting.
+def worlds(draw, lb_states=LB_STATES):
     n = draw(st.integers(1, 7))
     max_u = draw(st.integers(1, max(1, n - 1)))
     paused = draw(st.booleans())

@@ -1,0 +1,70 @@
+"""kopf wiring, kept thin: one daemon per WSO2Cluster runs its reconcile loop.
+
+Why a daemon and not create/update handlers: a rollout takes minutes and must survive restarts.
+The daemon is re-spawned for every existing object on start-up and resumes from status alone,
+so kopf's own handler-progress annotations play no part in correctness.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import kopf
+
+from .kube import GROUP, PLURAL, VERSION, KubeAdapter, load_client_config
+from .reconciler import RETRY_ANNOTATION, ClusterReconciler, Settings
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    load_client_config()
+    memo.kube = KubeAdapter()
+    memo.reconcile_settings = Settings(
+        observe_period=float(os.environ.get("WSO2_OBSERVE_PERIOD", "30")),
+        active_period=float(os.environ.get("WSO2_ACTIVE_PERIOD", "5")),
+    )
+    # Log lines are not Events; the reconciler posts the Events users need explicitly.
+    settings.posting.level = logging.WARNING
+    settings.peering.name = os.environ.get("WSO2_PEERING_NAME", "wso2-operator")
+    settings.peering.mandatory = False
+    # Give a dying peer's lock up quickly, so a standby takes over within about a minute.
+    settings.peering.lifetime = 30
+    settings.persistence.finalizer = "vmops.dev/wso2-operator"
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, id="reconcile", cancellation_timeout=10.0)
+async def reconcile(
+    namespace: str,
+    name: str,
+    body: kopf.Body,
+    stopped: kopf.DaemonStopped,
+    memo: kopf.Memo,
+    **_: Any,
+) -> None:
+    r = ClusterReconciler(
+        namespace=namespace,
+        name=name,
+        body=body,
+        kube=memo.kube,
+        settings=memo.reconcile_settings,
+    )
+    memo.reconciler = r
+    memo.seen = _trigger(body)
+    await r.run(stopped)
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL, id="wake")
+def wake(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Wake the loop at once on a spec or retry change; our own status writes do not count."""
+    r = memo.get("reconciler")
+    key = _trigger(body)
+    if r is not None and key != memo.get("seen"):
+        memo.seen = key
+        r.wake.set()
+
+
+def _trigger(body: kopf.Body) -> tuple[Any, Any]:
+    meta = body.get("metadata", {})
+    return meta.get("generation"), (meta.get("annotations") or {}).get(RETRY_ANNOTATION)

@@ -1,0 +1,100 @@
+"""The Kubernetes side adapter: status writes, Secret reads and Events.
+
+The official client is synchronous, so calls go through a thread; they are few (one status patch
+per step) and short, so this does not limit the rollout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+import kubernetes
+from kubernetes.client.rest import ApiException
+
+GROUP, VERSION, PLURAL = "vmops.dev", "v1alpha1", "wso2clusters"
+log = logging.getLogger(__name__)
+
+
+class SecretProblem(Exception):
+    """The SSH Secret is missing or lacks a key: a condition for the user, not a crash."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def load_client_config() -> None:
+    """In-cluster credentials when running in a Pod, the kubeconfig otherwise."""
+    try:
+        kubernetes.config.load_incluster_config()
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()
+
+
+class KubeAdapter:
+    def __init__(self) -> None:
+        self._custom = kubernetes.client.CustomObjectsApi()
+        self._core = kubernetes.client.CoreV1Api()
+
+    async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        """A merge patch of /status. Lists (nodes, conditions, history) are sent whole."""
+
+        def call() -> None:
+            self._custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, PLURAL, name, {"status": dict(status)}
+            )
+
+        try:
+            await asyncio.to_thread(call)
+        except ApiException as e:
+            if e.status == 404:
+                # Deleted under our feet: nothing to record, and no node is touched because of it.
+                log.info("%s/%s is gone; status not written", namespace, name)
+                return
+            raise
+
+    async def read_ssh_secret(
+        self, namespace: str, name: str, key_key: str, hosts_key: str
+    ) -> tuple[bytes, str]:
+        def call():
+            return self._core.read_namespaced_secret(name, namespace)
+
+        try:
+            secret = await asyncio.to_thread(call)
+        except ApiException as e:
+            if e.status == 404:
+                raise SecretProblem(
+                    "SecretNotFound", f"Secret {namespace}/{name} (spec.ssh.secretRef) not found"
+                ) from None
+            if e.status == 403:
+                raise SecretProblem(
+                    "SecretForbidden", f"the operator may not read Secret {namespace}/{name}"
+                ) from None
+            raise
+        data = secret.data or {}
+        missing = [k for k in (key_key, hosts_key) if not data.get(k)]
+        if missing:
+            raise SecretProblem(
+                "SecretKeyMissing",
+                f"Secret {namespace}/{name} has no key(s) {', '.join(missing)}",
+            )
+        key = base64.b64decode(data[key_key])
+        hosts = base64.b64decode(data[hosts_key]).decode()
+        return key, hosts
+
+
+def event(body: Mapping[str, Any], reason: str, message: str, warning: bool = False) -> None:
+    """A Kubernetes Event on the WSO2Cluster, posted in the background by kopf."""
+    try:
+        if warning:
+            kopf.warn(body, reason=reason, message=message)
+        else:
+            kopf.info(body, reason=reason, message=message)
+    except Exception:  # Events are best effort: never let one stop a rollout.
+        log.exception("could not post event %s", reason)

@@ -1,0 +1,670 @@
+"""The per-cluster reconcile loop: observe, plan, act one step, persist.
+
+One `ClusterReconciler` runs per WSO2Cluster (as a kopf daemon). The loop observes every node
+(version over SSH, health over HTTP, server state on every LB), asks the pure planner what to do,
+and runs each in-flight node's sequence as its own task. Every step is written to the CR's status
+before and after it runs, so a restarted operator resumes from status alone:
+
+    Draining -> Provisioning[k] -> Verifying -> WaitingHealthy -> Enabling -> Soaking -> Current
+
+Each step is idempotent. A step that was interrupted by a crash simply runs again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from . import metrics
+from .errors import (
+    DrainTimeout,
+    HostKeyMismatch,
+    LBUnreachable,
+    ReenableTimeout,
+    SSHAuthFailed,
+    SSHCommandFailed,
+    SSHCommandTimeout,
+    WSO2OperatorError,
+)
+from .health import HealthChecker
+from .kube import KubeAdapter, SecretProblem, event
+from .model import (
+    IN_FLIGHT,
+    RETARGETABLE,
+    ClusterSpec,
+    NodeProgress,
+    Phase,
+    RolloutState,
+)
+from .planner import (
+    DOWN,
+    DRAIN,
+    MAINT,
+    MISSING,
+    NOLB,
+    UNREACHABLE,
+    UP,
+    NodeObservation,
+    Plan,
+    StepKind,
+    effective_target,
+    node_step,
+    plan,
+)
+from .status import (
+    SetupProblem,
+    append_history,
+    history_entry,
+    progress_from_status,
+    rollout_from_status,
+    summarize,
+)
+
+log = logging.getLogger(__name__)
+RETRY_ANNOTATION = "vmops.dev/retry"
+
+
+@dataclass
+class Settings:
+    observe_period: float = 30.0  # idle re-observation: re-asserts LB state after HAProxy reloads
+    active_period: float = 5.0  # the same while nodes are out of rotation
+    poll: float = 0.05  # short polls inside a step, never a long sleep
+    max_backoff: float = 30.0
+
+
+class StepFailed(Exception):
+    """A definitive failure of a node's update: the failure policy applies."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def normalize_lb_state(stat: Any) -> str:
+    """One word per server per LB for the planner: admin state first, then operational."""
+    admin = str(getattr(stat, "admin_state", "") or "").upper()
+    if admin.endswith("MAINT"):
+        return MAINT
+    if admin.endswith("DRAIN"):
+        return DRAIN
+    raw = str(stat.status).strip().upper()
+    if raw.startswith("MAINT"):
+        return MAINT
+    if raw.startswith("DRAIN"):
+        return DRAIN
+    if raw.startswith("NOLB"):
+        return NOLB
+    if raw.startswith("UP") or raw == "NO CHECK":
+        return UP
+    if raw.startswith("DOWN"):
+        return DOWN
+    return raw or DOWN
+
+
+class Adapters:
+    """SSH executor, LB pool and health checker for one cluster's credentials and LBs."""
+
+    def __init__(self, spec: ClusterSpec, key: bytes, known_hosts: str) -> None:
+        from .haproxy import build_lb_pool
+        from .ssh import SSHCredentials, SSHExecutor
+
+        self.ssh = SSHExecutor(
+            SSHCredentials(
+                username=spec.ssh_user,
+                private_key=key,
+                known_hosts=known_hosts,
+                connect_timeout=spec.connect_timeout,
+            )
+        )
+        self.pool = build_lb_pool(
+            self.ssh,
+            [h.as_dict() for h in spec.lb_hosts],
+            tolerate_unreachable=spec.tolerate_unreachable,
+            poll_interval=0.05,
+            connect_timeout=spec.connect_timeout,
+        )
+        self.health = HealthChecker()
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.pool.close()
+        with contextlib.suppress(Exception):
+            await self.ssh.close()
+        with contextlib.suppress(Exception):
+            await self.health.close()
+
+
+def _adapter_key(spec: ClusterSpec, key: bytes, known_hosts: str) -> str:
+    h = hashlib.sha256()
+    for part in (
+        key,
+        known_hosts.encode(),
+        spec.ssh_user.encode(),
+        repr(
+            (spec.connect_timeout, spec.lb_hosts, spec.backend, spec.tolerate_unreachable)
+        ).encode(),
+    ):
+        h.update(part)
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+class ClusterReconciler:
+    def __init__(
+        self,
+        *,
+        namespace: str,
+        name: str,
+        body: Mapping[str, Any],
+        kube: KubeAdapter,
+        settings: Settings | None = None,
+        adapters_factory: Callable[[ClusterSpec, bytes, str], Adapters] = Adapters,
+    ) -> None:
+        self.namespace = namespace
+        self.name = name
+        self.body = body  # kopf's live view: spec changes show up here without a restart
+        self.kube = kube
+        self.settings = settings or Settings()
+        self._adapters_factory = adapters_factory
+        status = dict(body.get("status") or {})
+        self.progress: dict[str, NodeProgress] = progress_from_status(status)
+        self.rollout: RolloutState = rollout_from_status(status)
+        self.history: list[dict[str, Any]] = list(status.get("history") or [])
+        self.conditions: list[dict[str, Any]] = list(status.get("conditions") or [])
+        self.observed: dict[str, NodeObservation] = {}
+        self.problem: SetupProblem | None = None
+        self.adapters: Adapters | None = None
+        self._adapters_key = ""
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.wake = asyncio.Event()
+        self._persist_lock = asyncio.Lock()
+        self._last_plan: Plan | None = None
+
+    # ------------------------------------------------------------------ spec & adapters
+    def spec(self) -> ClusterSpec:
+        return ClusterSpec.from_dict(self.body["spec"])
+
+    @property
+    def generation(self) -> int:
+        return int(self.body.get("metadata", {}).get("generation") or 0)
+
+    def retry_token(self) -> str | None:
+        return (self.body.get("metadata", {}).get("annotations") or {}).get(RETRY_ANNOTATION)
+
+    async def _ensure_adapters(self, spec: ClusterSpec) -> Adapters:
+        key, hosts = await self.kube.read_ssh_secret(
+            self.namespace, spec.secret_name, spec.private_key_key, spec.known_hosts_key
+        )
+        k = _adapter_key(spec, key, hosts)
+        if self.adapters is None or k != self._adapters_key:
+            if self.adapters is not None and not self.tasks:
+                await self.adapters.close()
+            try:
+                self.adapters = self._adapters_factory(spec, key, hosts)
+            except (ValueError, WSO2OperatorError) as e:
+                raise SecretProblem("InvalidSSHCredentials", str(e)) from None
+            self._adapters_key = k
+        return self.adapters
+
+    # ------------------------------------------------------------------ main loop
+    async def run(self, stopped: Any) -> None:
+        try:
+            while not stopped:
+                active = await self.reconcile_once()
+                period = self.settings.active_period if active else self.settings.observe_period
+                await self._wait(period, stopped)
+        finally:
+            for t in self.tasks.values():
+                t.cancel()
+            if self.tasks:
+                await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+            if self.adapters is not None:
+                await self.adapters.close()
+
+    async def _wait(self, period: float, stopped: Any) -> None:
+        waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(self.wake.wait())}
+        waiters |= set(self.tasks.values())
+        if hasattr(stopped, "wait"):
+            waiters.add(asyncio.ensure_future(stopped.wait()))
+        _, pending = await asyncio.wait(
+            waiters, timeout=period, return_when=asyncio.FIRST_COMPLETED
+        )
+        for w in pending:
+            if w not in self.tasks.values():
+                w.cancel()
+        self.wake.clear()
+
+    async def reconcile_once(self) -> bool:
+        """One observe-plan-act pass. Returns True while a rollout is active."""
+        spec = self.spec()
+        now = time.time()
+        self._reap_tasks()
+        try:
+            adapters = await self._ensure_adapters(spec)
+        except SecretProblem as e:
+            self.problem = SetupProblem(e.reason, e.message)
+            self.observed = {}
+            self._track_rollout(spec, now)
+            await self.persist(spec)
+            return bool(self.tasks)
+
+        self.observed = await self.observe(spec, adapters)
+        self._track_rollout(spec, now)
+        p = plan(spec, self.observed, self.progress, self.rollout)
+        self._last_plan = p
+        await self._reassert(spec, adapters, p)
+        self._finish_rollout_if_done(spec, p, now)
+
+        if p.begin and self.problem is None:
+            try:
+                await adapters.pool.preflight(spec.backend, list(spec.node_names))
+            except WSO2OperatorError as e:
+                self.problem = SetupProblem(_reason_of(e, "PreflightFailed"), f"preflight: {e}")
+                p = replace(p, begin=())
+        for b in p.begin:
+            self.progress[b.node] = NodeProgress(
+                phase=b.phase,
+                target=b.target,
+                previous_version=b.previous_version,
+                since=now,
+                start=now,
+                message=f"{b.node}: starting update to {b.target}",
+            )
+            event(
+                self.body,
+                "NodeUpdateStarted",
+                f"{b.node}: updating {b.previous_version} -> {b.target}",
+            )
+        await self.persist(spec, p)
+        for n, prog in self.progress.items():
+            if prog.phase in IN_FLIGHT and n not in self.tasks and n in spec.node_names:
+                self.tasks[n] = asyncio.create_task(self._drive_node(n), name=f"node-{n}")
+        metrics.nodes_out(self.namespace, self.name, len(p.unavailable))
+        return bool(self.tasks) or bool(p.unavailable)
+
+    def _reap_tasks(self) -> None:
+        for n, t in list(self.tasks.items()):
+            if t.done():
+                del self.tasks[n]
+                if not t.cancelled() and t.exception() is not None:
+                    log.error("node task %s crashed", n, exc_info=t.exception())
+
+    # ------------------------------------------------------------------ observation
+    async def observe(self, spec: ClusterSpec, adapters: Adapters) -> dict[str, NodeObservation]:
+        lb_states, versions, health = await asyncio.gather(
+            self._lb_states(spec, adapters),
+            asyncio.gather(*(self._probe_version(spec, adapters, n) for n in spec.nodes)),
+            asyncio.gather(*(adapters.health.check(n.host, spec.health) for n in spec.nodes)),
+        )
+        self.problem = None
+        for v in versions:
+            if isinstance(v, SetupProblem):
+                self.problem = v
+        out = {}
+        for node, v, (ok, _detail) in zip(spec.nodes, versions, health, strict=True):
+            out[node.name] = NodeObservation(
+                version=v if isinstance(v, str) else None,
+                healthy=ok,
+                lb=lb_states.get(node.name, {}),
+            )
+        return out
+
+    async def _probe_version(self, spec, adapters, node) -> str | SetupProblem | None:
+        try:
+            r = await adapters.ssh.run(
+                node.host,
+                node.ssh_port,
+                spec.version_command,
+                env={"NODE_NAME": node.name},
+                timeout=min(60.0, spec.provision_timeout),
+            )
+            return r.stdout.strip() or None
+        except (HostKeyMismatch, SSHAuthFailed) as e:
+            return SetupProblem(_reason_of(e, "SSHFailed"), f"{node.name}: {e}")
+        except WSO2OperatorError as e:
+            log.info("version probe of %s failed: %s", node.name, e)
+            return None
+
+    async def _lb_states(self, spec, adapters) -> dict[str, dict[str, str]]:
+        """node -> LB -> state. An LB that does not answer is Unreachable for every node."""
+        result: dict[str, dict[str, str]] = {n: {} for n in spec.node_names}
+
+        async def one(client):
+            try:
+                stats = await client.show_stat(spec.backend)
+            except LBUnreachable:
+                return client.name, None
+            except WSO2OperatorError as e:
+                log.warning("LB %s: %s", client.name, e)
+                return client.name, None
+            return client.name, stats
+
+        for lb_name, stats in await asyncio.gather(*(one(c) for c in adapters.pool.clients)):
+            for n in spec.node_names:
+                if stats is None:
+                    result[n][lb_name] = UNREACHABLE
+                elif n not in stats:
+                    result[n][lb_name] = MISSING
+                else:
+                    result[n][lb_name] = normalize_lb_state(stats[n])
+        return result
+
+    async def _refresh_node_lb(self, spec: ClusterSpec, node: str) -> None:
+        if self.adapters is None:
+            return
+        states = await self._lb_states(spec, self.adapters)
+        for n, lb in states.items():
+            o = self.observed.get(n, NodeObservation())
+            self.observed[n] = replace(o, lb=lb)
+
+    async def _reassert(self, spec: ClusterSpec, adapters: Adapters, p: Plan) -> None:
+        for r in p.reassert:
+            if r.node in self.tasks and self.progress[r.node].phase == Phase.WAITING_HEALTHY:
+                continue
+            msg = (
+                f"{r.node} was back in rotation on {', '.join(r.lbs)} (HAProxy reload?); "
+                "MAINT re-asserted"
+            )
+            try:
+                await adapters.pool.maint(spec.backend, r.node)
+                event(self.body, "StateReasserted", msg, warning=True)
+                log.warning(msg)
+            except WSO2OperatorError as e:
+                log.warning("could not re-assert MAINT on %s: %s", r.node, e)
+
+    # ------------------------------------------------------------------ rollout bookkeeping
+    def _track_rollout(self, spec: ClusterSpec, now: float) -> None:
+        r = self.rollout
+        token = self.retry_token()
+        if token and token != r.retry_token:
+            # A human asked to retry the same version: forget that it failed.
+            event(
+                self.body, "RetryRequested", f"retrying {spec.version} ({RETRY_ANNOTATION}={token})"
+            )
+            r = replace(
+                r, retry_token=token, failed_version=None, rollback_failed=False, finished=False
+            )
+        if r.to_version != spec.version:
+            if r.to_version is not None and not r.finished:
+                self.history = append_history(
+                    self.history,
+                    history_entry(r, "Superseded", now, f"spec.version -> {spec.version}"),
+                )
+            versions = [o.version for o in self.observed.values() if o.version]
+            from_v = next((v for v in versions if v != spec.version), None) or (
+                versions[0] if versions else r.to_version
+            )
+            r = RolloutState(
+                from_version=from_v,
+                to_version=spec.version,
+                start=now,
+                retry_token=r.retry_token,
+            )
+            metrics.rollout_started(self.namespace, self.name)
+        self.rollout = r
+
+    def _finish_rollout_if_done(self, spec: ClusterSpec, p: Plan, now: float) -> None:
+        r = self.rollout
+        if not p.complete or r.finished or r.to_version is None:
+            return
+        if r.from_version == r.to_version and not p.rolling_back:
+            # Nothing had to change (e.g. a new CR for nodes already at the version): no history.
+            self.rollout = replace(r, finished=True)
+            return
+        result = "RolledBack" if p.rolling_back else "Succeeded"
+        msg = (
+            f"{r.failed_version} failed; all nodes back on {p.target}"
+            if p.rolling_back
+            else f"all nodes run {p.target}"
+        )
+        self.history = append_history(self.history, history_entry(r, result, now, msg))
+        self.rollout = replace(r, finished=True)
+        metrics.rollout_finished(self.namespace, self.name, result, now - (r.start or now))
+        event(self.body, "Rollout" + result, f"{r.from_version} -> {r.to_version}: {msg}")
+
+    # ------------------------------------------------------------------ status
+    async def persist(self, spec: ClusterSpec, p: Plan | None = None) -> None:
+        async with self._persist_lock:
+            p = p or plan(spec, self.observed, self.progress, self.rollout)
+            status = summarize(
+                spec=spec,
+                generation=self.generation,
+                observed=self.observed,
+                progress=self.progress,
+                rollout=self.rollout,
+                plan=p,
+                previous_conditions=self.conditions,
+                problem=self.problem,
+                now=time.time(),
+            )
+            status["history"] = self.history
+            self.conditions = status["conditions"]
+            await self.kube.patch_status(self.namespace, self.name, status)
+
+    # ------------------------------------------------------------------ one node
+    async def _drive_node(self, name: str) -> None:
+        """Runs one node's sequence to the end (or to Failed), persisting around each step."""
+        while True:
+            spec = self.spec()
+            if name not in spec.node_names:
+                return  # removed from the spec: leave the VM alone
+            p = self.progress[name]
+            target, _, _ = effective_target(spec, self.rollout)
+            if p.target != target and (p.phase in RETARGETABLE or p.phase == Phase.DRAINING):
+                # The node is still out of rotation: the safe point to switch versions.
+                phase = Phase.DRAINING if p.phase == Phase.DRAINING else Phase.PROVISIONING
+                p = self.progress[name] = p.to(
+                    phase, time.time(), f"{name}: retargeted to {target}", target=target, step=0
+                )
+                event(self.body, "NodeRetargeted", f"{name}: now moving to {target}")
+            step = node_step(name, p, spec, time.time())
+            if step is None:
+                return
+            if step.kind == StepKind.FAIL:
+                await self._fail(spec, name, step.reason, step.message)
+                return
+            t0 = time.monotonic()
+            try:
+                new = await self._run_step(spec, name, p, step)
+            except StepFailed as e:
+                metrics.step_done(step.kind, time.monotonic() - t0, ok=False)
+                await self._fail(spec, name, e.reason, f"{e.reason}: {e.message}")
+                return
+            except WSO2OperatorError as e:
+                if not e.transient:
+                    metrics.step_done(step.kind, time.monotonic() - t0, ok=False)
+                    await self._fail(
+                        spec,
+                        name,
+                        _reason_of(e, "StepFailed"),
+                        f"{_reason_of(e, 'StepFailed')}: {name} {step.kind}: {e}",
+                    )
+                    return
+                attempts = p.attempts + 1
+                delay = min(self.settings.max_backoff, 0.5 * 2 ** min(attempts, 10))
+                self.progress[name] = replace(
+                    p,
+                    attempts=attempts,
+                    message=(
+                        f"{name}: {step.kind} will retry in {delay:.1f}s after "
+                        f"{type(e).__name__}: {e}"
+                    ),
+                )
+                await self.persist(spec)
+                await asyncio.sleep(delay)
+                continue
+            metrics.step_done(step.kind, time.monotonic() - t0, ok=True)
+            if self.progress[name] is not p:
+                continue  # changed under us (retarget): re-evaluate before recording
+            self.progress[name] = new
+            await self._refresh_node_lb(spec, name)
+            await self.persist(spec)
+            if new.phase != p.phase:
+                event(self.body, f"Node{new.phase}", new.message or f"{name}: {new.phase}")
+            if new.phase not in IN_FLIGHT:
+                return
+
+    async def _run_step(self, spec: ClusterSpec, name: str, p: NodeProgress, step) -> NodeProgress:
+        assert self.adapters is not None
+        a = self.adapters
+        node = spec.node(name)
+        target = p.target or spec.version
+        now = time.time
+        if step.kind == StepKind.DRAIN:
+            try:
+                await a.pool.drain(
+                    spec.backend,
+                    name,
+                    deadline=spec.drain_timeout,
+                    on_timeout="shutdown"
+                    if spec.on_drain_timeout == "ShutdownSessions"
+                    else "fail",
+                )
+            except DrainTimeout as e:
+                raise StepFailed("DrainTimeout", f"{name}: {e}") from None
+            return p.to(
+                Phase.PROVISIONING, now(), f"{name}: drained and in MAINT on every LB", step=0
+            )
+        if step.kind == StepKind.PROVISION:
+            cmd = spec.provision_commands[step.index]
+            total = len(spec.provision_commands)
+            try:
+                await a.ssh.run(
+                    node.host,
+                    node.ssh_port,
+                    cmd,
+                    env={"TARGET_VERSION": target, "NODE_NAME": name},
+                    timeout=spec.provision_timeout,
+                )
+            except SSHCommandFailed as e:
+                raise StepFailed(
+                    "ProvisionFailed",
+                    f"{name}: provision command {step.index + 1}/{total} failed: {e}",
+                ) from None
+            except SSHCommandTimeout as e:
+                raise StepFailed(
+                    "ProvisionTimeout",
+                    f"{name}: provision command {step.index + 1}/{total} timed out: {e}",
+                ) from None
+            nxt = step.index + 1
+            if nxt >= total:
+                return p.to(Phase.VERIFYING, now(), f"{name}: provisioned {target}", step=nxt)
+            return replace(
+                p, step=nxt, attempts=0, message=f"{name}: provision command {nxt}/{total} done"
+            )
+        if step.kind == StepKind.VERIFY:
+            r = await a.ssh.run(
+                node.host,
+                node.ssh_port,
+                spec.version_command,
+                env={"NODE_NAME": name},
+                timeout=min(60.0, spec.provision_timeout),
+            )
+            got = r.stdout.strip()
+            if got != target:
+                raise StepFailed(
+                    "VersionMismatch",
+                    f"{name}: versionCommand printed {got!r}, expected {target!r}",
+                )
+            o = self.observed.get(name, NodeObservation())
+            self.observed[name] = replace(o, version=got)
+            return p.to(
+                Phase.WAITING_HEALTHY, now(), f"{name}: runs {target}; waiting until healthy"
+            )
+        if step.kind == StepKind.WAIT_HEALTHY:
+            since = p.since or now()
+            deadline = time.monotonic() + max(0.0, since + spec.health.healthy_deadline - now())
+            ok, detail = await a.health.wait_healthy(
+                node.host, spec.health, deadline, poll=min(spec.health.period, 0.2)
+            )
+            if not ok:
+                raise StepFailed(
+                    "HealthCheckFailed",
+                    f"{name}: not healthy within {spec.health.healthy_deadline:g}s: {detail}",
+                )
+            o = self.observed.get(name, NodeObservation())
+            self.observed[name] = replace(o, healthy=True)
+            return p.to(Phase.ENABLING, now(), f"{name}: healthy; re-enabling on every LB")
+        if step.kind == StepKind.ENABLE:
+            try:
+                await a.pool.reenable(
+                    spec.backend, name, deadline=max(10.0, spec.health.healthy_deadline)
+                )
+            except ReenableTimeout as e:
+                raise StepFailed("ReenableTimeout", f"{name}: {e}") from None
+            return p.to(Phase.SOAKING, now(), f"{name}: UP on every LB; soaking")
+        if step.kind == StepKind.SOAK:
+            return await self._soak(spec, name, p)
+        raise AssertionError(step)
+
+    async def _soak(self, spec: ClusterSpec, name: str, p: NodeProgress) -> NodeProgress:
+        assert self.adapters is not None
+        node = spec.node(name)
+        end = (p.since or time.time()) + spec.min_ready_seconds
+        while True:
+            states = (await self._lb_states(spec, self.adapters)).get(name, {})
+            bad = {lb: s for lb, s in states.items() if s not in (UP, UNREACHABLE)}
+            if bad:
+                raise StepFailed(
+                    "SoakFailed",
+                    f"{name}: left rotation during minReadySeconds: "
+                    + ", ".join(f"{k}={v}" for k, v in bad.items()),
+                )
+            ok, detail = await self.adapters.health.check(node.host, spec.health)
+            if not ok:
+                raise StepFailed(
+                    "SoakFailed", f"{name}: unhealthy during minReadySeconds: {detail}"
+                )
+            if time.time() >= end:
+                break
+            await asyncio.sleep(min(1.0, max(0.05, end - time.time())))
+        return NodeProgress(
+            phase=Phase.CURRENT,
+            since=time.time(),
+            message=f"{name}: updated to {p.target}",
+        )
+
+    async def _fail(self, spec: ClusterSpec, name: str, reason: str, message: str) -> None:
+        p = self.progress[name]
+        if not message.startswith(reason):
+            message = f"{reason}: {message}"
+        self.progress[name] = p.to(Phase.FAILED, time.time(), message)
+        r = self.rollout
+        if r.rolling_back or (p.target is not None and p.target != spec.version):
+            # The rollback itself failed: hold for a human rather than loop.
+            self.rollout = replace(r, failed_version=spec.version, rollback_failed=True)
+        else:
+            self.rollout = replace(r, failed_version=spec.version)
+        _, rolling_back, _ = effective_target(spec, self.rollout)
+        self.rollout = replace(self.rollout, rolling_back=rolling_back)
+        if not rolling_back:
+            self.history = append_history(
+                self.history, history_entry(self.rollout, "Failed", time.time(), message)
+            )
+            self.rollout = replace(self.rollout, finished=True)
+        metrics.rollout_failed(self.namespace, self.name, reason)
+        event(self.body, reason, message, warning=True)
+        log.error("%s/%s: %s", self.namespace, self.name, message)
+        await self.persist(spec)
+        self.wake.set()
+
+
+def _reason_of(e: Exception, default: str) -> str:
+    name = type(e).__name__
+    return {
+        "HostKeyMismatch": "HostKeyMismatch",
+        "SSHAuthFailed": "SSHAuthFailed",
+        "SSHUnreachable": "SSHUnreachable",
+        "LBUnreachable": "LoadBalancerUnreachable",
+        "NoSuchBackend": "BackendNotFound",
+        "NoSuchServer": "ServerNotFound",
+        "NotAdmin": "SocketNotAdmin",
+        "PermissionDenied": "SocketNotAdmin",
+    }.get(name, default)
