@@ -190,7 +190,7 @@ class ControlPlane:
 
     def _spawn(self, name: str, argv: list[str], log: Path) -> None:
         with log.open("ab") as out:
-            # A new session per process, so stop() can kill the whole group and leave nothing behind.
+            # A new session per process: stop() kills the whole group and leaves nothing behind.
             proc = subprocess.Popen(
                 argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.workdir
             )
@@ -203,12 +203,13 @@ class ControlPlane:
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [
-                {"name": "sandbox", "cluster": {"server": self.server, "certificate-authority": str(ca)}}
+                {
+                    "name": "sandbox",
+                    "cluster": {"server": self.server, "certificate-authority": str(ca)},
+                }
             ],
             "users": [{"name": "admin", "user": {"token": self.token}}],
-            "contexts": [
-                {"name": "sandbox", "context": {"cluster": "sandbox", "user": "admin"}}
-            ],
+            "contexts": [{"name": "sandbox", "context": {"cluster": "sandbox", "user": "admin"}}],
             "current-context": "sandbox",
         }
         self.kubeconfig.parent.mkdir(parents=True, exist_ok=True)

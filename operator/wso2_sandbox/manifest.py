@@ -50,7 +50,11 @@ def fleet_manifests(
                 for n in description["nodes"]
                 if nodes is None or n["name"] in nodes
             ],
-            "ssh": {"user": ssh["user"], "secretRef": {"name": secret_name}, "connectTimeoutSeconds": 5},
+            "ssh": {
+                "user": ssh["user"],
+                "secretRef": {"name": secret_name},
+                "connectTimeoutSeconds": 5,
+            },
             "loadBalancers": {"backend": description.get("backend", "PRD_wso2ei"), "hosts": lbs},
             "provision": {
                 # The same commands the benchmark's Ansible play runs where the seed runs its role.

@@ -176,7 +176,7 @@ def test_one_at_a_time_waits_for_every_lb_to_confirm(world):
     if spec.max_unavailable != 1:
         return
     p = plan(spec, observed, progress, rollout)
-    unconfirmed = [n for n in spec.node_names if not observed[n].in_rotation]
+    unconfirmed = [n for n in spec.node_names if not observed[n].available]
     if unconfirmed and p.begin:
         # With maxUnavailable=1 the only node that may start is the one already out.
         assert {b.node for b in p.begin} <= set(unconfirmed) | {
