@@ -25,8 +25,14 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         observe_period=float(os.environ.get("WSO2_OBSERVE_PERIOD", "30")),
         active_period=float(os.environ.get("WSO2_ACTIVE_PERIOD", "5")),
     )
-    # Log lines are not Events; the reconciler posts the Events users need explicitly.
-    settings.posting.level = logging.WARNING
+    # Log lines are not Events (loggers=False is kopf's default); the reconciler posts the
+    # Events users need explicitly with kopf.info/warn, which need level INFO.
+    settings.posting.loggers = False
+    settings.posting.level = logging.INFO
+    # asyncssh logs every channel at INFO: far too much for an operator's log.
+    logging.getLogger("asyncssh").setLevel(logging.WARNING)
+    # The wake handler runs on every watch event, including our own status writes.
+    logging.getLogger("kopf.objects").addFilter(_QuietWake())
     settings.peering.name = os.environ.get("WSO2_PEERING_NAME", "wso2-operator")
     settings.peering.mandatory = False
     # Give a dying peer's lock up quickly, so a standby takes over within about a minute.
@@ -63,6 +69,11 @@ def wake(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     if r is not None and key != memo.get("seen"):
         memo.seen = key
         r.wake.set()
+
+
+class _QuietWake(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Handler 'wake'" not in record.getMessage()
 
 
 def _trigger(body: kopf.Body) -> tuple[Any, Any]:

@@ -260,7 +260,6 @@ class ClusterReconciler:
         p = plan(spec, self.observed, self.progress, self.rollout)
         self._last_plan = p
         await self._reassert(spec, adapters, p)
-        self._finish_rollout_if_done(spec, p, now)
 
         if p.begin and self.problem is None:
             try:
@@ -433,6 +432,8 @@ class ClusterReconciler:
     async def persist(self, spec: ClusterSpec, p: Plan | None = None) -> None:
         async with self._persist_lock:
             p = p or plan(spec, self.observed, self.progress, self.rollout)
+            # History and Ready=True go out in the same write, so readers never see one alone.
+            self._finish_rollout_if_done(spec, p, time.time())
             status = summarize(
                 spec=spec,
                 generation=self.generation,

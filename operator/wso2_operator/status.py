@@ -178,14 +178,15 @@ def summarize(
     else:
         ready_c = (False, "NodesNotReady", f"{ready}/{total} nodes ready, {updated} updated")
 
-    if ready_c[0]:
+    # Paused wins over Ready: a user who paused wants to see that, even with nothing pending.
+    if spec.paused and not flying and not degraded[0]:
+        phase = "Paused"
+    elif ready_c[0]:
         phase = "Ready"
     elif plan.rolling_back and not plan.complete:
         phase = "RollingBack"
     elif degraded[0]:
         phase = "Degraded"
-    elif spec.paused and not flying:
-        phase = "Paused"
     elif progressing[0]:
         phase = "Progressing"
     else:

@@ -1,0 +1,323 @@
+"""The operator end to end: real apiserver, real HAProxy and sshd, the operator as a process."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.e2e.conftest import Env, LBSampler, installs_completed
+
+pytestmark = pytest.mark.e2e
+
+
+def all_at(obj: dict, version: str) -> bool:
+    rows = obj.get("status", {}).get("nodes", [])
+    return bool(rows) and all(r.get("version") == version for r in rows)
+
+
+def assert_clean_return(env: Env, sampler: LBSampler, version: str) -> None:
+    """No node came back into rotation before it ran `version` and was ready."""
+    for t, node in sampler.returns_to_rotation():
+        ready = [
+            e["t"]
+            for e in env.fleet.node(node).events()
+            if e["event"] == "ready" and e.get("version") == version
+        ]
+        assert ready and min(ready) <= t + 0.05, f"{node} back in rotation at {t} before ready"
+
+
+def test_rollout_one_at_a_time(make_env):
+    env: Env = make_env()
+    env.operator.start()
+    env.apply_cluster("1.0.0")
+    obj = env.wait_ready()
+    assert obj["status"]["ready"] == "3/3"
+    assert obj["status"]["currentVersion"] == "1.0.0"
+    table = env.kube.run("get", "w2c", "-n", env.namespace).stdout
+    assert "1.0.0" in table and "3/3" in table and "Ready" in table
+
+    with LBSampler(env.fleet) as sampler:
+        env.patch_spec({"version": "2.0.0"})
+        env.kube.run(
+            "wait",
+            "--for=condition=Ready",
+            f"w2c/{env.name}",
+            "-n",
+            env.namespace,
+            "--timeout=120s",
+        )
+        obj = env.wait_ready()
+    assert all_at(obj, "2.0.0")
+    assert obj["status"]["currentVersion"] == "2.0.0"
+    assert sampler.max_out() == 1, "never more than one node out of rotation"
+    assert sampler.ever_out() == {"node1", "node2", "node3"}
+    assert_clean_return(env, sampler, "2.0.0")
+    for n in ("node1", "node2", "node3"):
+        assert env.fleet.node(n).installed_version() == "2.0.0"
+        assert installs_completed(env, n, "2.0.0") == 1
+    history = obj["status"]["history"]
+    assert history[-1]["result"] == "Succeeded" and history[-1]["toVersion"] == "2.0.0"
+    messages = " ".join(e["message"] for e in env.events())
+    for n in ("node1", "node2", "node3"):
+        assert f"{n}:" in messages
+    describe = env.kube.run("describe", "w2c", env.name, "-n", env.namespace).stdout
+    assert "AllNodesReady" in describe and "NodeUpdateStarted" in describe
+
+
+def test_max_unavailable_two_of_four(make_env):
+    env: Env = make_env(nodes=4)
+    env.operator.start()
+    env.apply_cluster("1.0.0", update={"maxUnavailable": 2})
+    env.wait_ready()
+    with LBSampler(env.fleet) as sampler:
+        env.patch_spec({"version": "2.0.0"})
+        obj = env.wait_ready()
+    assert all_at(obj, "2.0.0")
+    assert sampler.max_out() == 2, "batches of two, never three"
+    assert_clean_return(env, sampler, "2.0.0")
+
+
+def test_failed_provision_pauses_then_fixed_version_completes(make_env):
+    env: Env = make_env()
+    env.fleet.node("node2").set_fail_install(["2.0.0"])
+    env.operator.start()
+    env.apply_cluster("1.0.0")
+    env.wait_ready()
+    with LBSampler(env.fleet) as sampler:
+        env.patch_spec({"version": "2.0.0"})
+        obj = env.wait_for(
+            lambda o: any(
+                c["type"] == "Degraded" and c["status"] == "True"
+                for c in o.get("status", {}).get("conditions", [])
+            ),
+            what="Degraded=True",
+        )
+        degraded = env.condition("Degraded")
+        assert degraded["reason"] == "ProvisionFailed"
+        assert "node2" in degraded["message"] and "provision command 2/3" in degraded["message"]
+        time.sleep(3)  # several observation periods: nothing else may move
+        obj = env.get()
+        assert env.node_phase(obj, "node2") == "Failed"
+        lb_states = {lb.name: lb.servers()["node2"]["status"] for lb in env.fleet.lbs}
+        assert all(s.startswith("MAINT") for s in lb_states.values()), lb_states
+        for lb in env.fleet.lbs:
+            assert lb.servers()["node3"]["status"].startswith("UP")
+        assert env.fleet.node("node3").installed_version() == "1.0.0"
+        assert not [e for e in env.fleet.node("node3").events() if e["event"] == "install_start"]
+        assert env.condition("Ready")["status"] == "False"
+        assert obj["status"]["phase"] == "Degraded"
+        # A fixed version goes on from there.
+        env.patch_spec({"version": "2.0.1"})
+        obj = env.wait_ready()
+    assert all_at(obj, "2.0.1")
+    assert sampler.max_out() == 1
+    assert env.condition("Degraded")["status"] == "False"
+    results = [h["result"] for h in obj["status"]["history"]]
+    assert results[-2:] == ["Failed", "Succeeded"]
+
+
+def test_pause_stops_and_resume_finishes(make_env):
+    env: Env = make_env()
+    env.operator.start()
+    env.apply_cluster("1.0.0", update={"paused": True})
+    env.wait_for(lambda o: o.get("status", {}).get("phase") == "Paused", what="Paused")
+    env.patch_spec({"version": "2.0.0"})
+    time.sleep(4)
+    for n in ("node1", "node2", "node3"):
+        assert not [e for e in env.fleet.node(n).events() if e["event"] == "install_start"]
+    obj = env.get()
+    assert obj["status"]["phase"] == "Paused"
+    assert env.condition("Ready")["reason"] == "Paused"
+    env.patch_spec({"update": {"paused": False}})
+    obj = env.wait_ready()
+    assert all_at(obj, "2.0.0")
+
+
+def test_rollback_policy_returns_updated_nodes(make_env):
+    env: Env = make_env()
+    env.fleet.node("node3").set_fail_install(["2.0.0"])
+    env.operator.start()
+    env.apply_cluster("1.0.0", update={"failurePolicy": "Rollback"})
+    env.wait_ready()
+    with LBSampler(env.fleet) as sampler:
+        env.patch_spec({"version": "2.0.0"})
+        obj = env.wait_for(
+            lambda o: (
+                (o.get("status", {}).get("history") or [{}])[-1].get("result") == "RolledBack"
+            ),
+            timeout=120,
+            what="RolledBack",
+        )
+    assert all_at(obj, "1.0.0")
+    assert sampler.max_out() == 1
+    assert env.condition("Degraded")["reason"] == "RolledBack"
+    # node1 and node2 went to 2.0.0 and back; node3 never got 2.0.0.
+    for n in ("node1", "node2"):
+        assert installs_completed(env, n, "2.0.0") == 1
+        assert installs_completed(env, n, "1.0.0") == 1
+    order = [
+        (e["t"], n)
+        for n in ("node1", "node2", "node3")
+        for e in env.fleet.node(n).events()
+        if e["event"] == "install_end" and e.get("version") == "1.0.0"
+    ]
+    assert [n for _, n in sorted(order)] == ["node3", "node2", "node1"]
+
+
+@pytest.mark.parametrize("moment", ["Draining", "Provisioning", "Soaking"])
+def test_kill_nine_mid_node_then_resume(make_env, moment):
+    env: Env = make_env(install_seconds=2.0)
+    env.operator.start()
+    update = {"minReadySeconds": 3} if moment == "Soaking" else {}
+    env.apply_cluster("1.0.0", update=update)
+    env.wait_ready()
+    slow = None
+    if moment == "Draining":
+        # A long request on node2 keeps its drain busy long enough to kill the operator in it.
+        import threading
+        import urllib.request
+
+        lb = env.fleet.lbs[0]
+        for other in ("node1", "node3"):
+            lb.command(f"set server PRD_wso2ei/{other} state maint")
+        slow = threading.Thread(
+            target=lambda: urllib.request.urlopen(lb.url("/slow?ms=15000"), timeout=60).read()
+        )
+        slow.start()
+        time.sleep(0.3)
+        for other in ("node1", "node3"):
+            lb.command(f"set server PRD_wso2ei/{other} state ready")
+        env.wait_ready()
+    with LBSampler(env.fleet) as sampler:
+        env.patch_spec({"version": "2.0.0"})
+        env.wait_for(
+            lambda o: env.node_phase(o, "node2") == moment, timeout=90, what=f"node2 {moment}"
+        )
+        if moment == "Provisioning":
+            env.wait_for(
+                lambda o: any(
+                    e["event"] == "install_start" for e in env.fleet.node("node2").events()
+                ),
+                what="node2 install running",
+            )
+        env.operator.kill9()
+        time.sleep(1)
+        env.operator.start()
+        obj = env.wait_ready(timeout=150)
+    if slow is not None:
+        slow.join(timeout=30)
+    assert all_at(obj, "2.0.0")
+    assert sampler.max_out() == 1
+    for lb in env.fleet.lbs:
+        for name, row in lb.servers().items():
+            assert row["status"].startswith("UP"), (lb.name, name, row["status"])
+    for n in ("node1", "node2", "node3"):
+        # A provision that completed is never run again.
+        assert installs_completed(env, n, "2.0.0") == 1, n
+    assert_clean_return(env, sampler, "2.0.0")
+
+
+def test_haproxy_reload_is_reasserted(make_env):
+    env: Env = make_env(install_seconds=6.0)
+    env.operator.start()
+    env.apply_cluster("1.0.0")
+    env.wait_ready()
+    env.patch_spec({"version": "2.0.0"})
+    env.wait_for(lambda o: env.node_phase(o, "node1") == "Provisioning", what="node1 Provisioning")
+    env.wait_for(
+        lambda o: any(e["event"] == "install_start" for e in env.fleet.node("node1").events()),
+        what="node1 install running",
+    )
+    env.fleet.reload_lb(0)
+    t_reload = time.monotonic()
+    # The reload put node1 back in rotation on lb1; the operator must notice and re-assert.
+    deadline = t_reload + 10
+    reasserted = None
+    while time.monotonic() < deadline:
+        if env.fleet.lbs[0].servers()["node1"]["status"].startswith("MAINT"):
+            reasserted = time.monotonic() - t_reload
+            break
+        time.sleep(0.1)
+    assert reasserted is not None, "MAINT was not re-asserted after the reload"
+    assert reasserted < 3 + 1.5  # one observation period (WSO2_OBSERVE_PERIOD=3) plus slack
+    reasons = {e["reason"] for e in env.events()}
+    assert "StateReasserted" in reasons
+    obj = env.wait_ready()
+    assert all_at(obj, "2.0.0")
+
+
+def test_wrong_ssh_key_touches_no_node(make_env):
+    env: Env = make_env()
+    env.apply_cluster("1.0.0")
+    # Replace the key with a valid but unauthorised one.
+    import asyncssh
+
+    bad = asyncssh.generate_private_key("ssh-ed25519").export_private_key().decode()
+    env.kube.run(
+        "patch",
+        "secret",
+        f"{env.name}-ssh",
+        "-n",
+        env.namespace,
+        "--type=merge",
+        "-p",
+        '{"stringData": {"ssh-privatekey": %s}}' % __import__("json").dumps(bad),
+    )
+    env.patch_spec({"version": "2.0.0"})
+    with LBSampler(env.fleet) as sampler:
+        env.operator.start()
+        env.wait_for(
+            lambda o: any(
+                c["type"] == "Ready" and c["reason"] == "SSHAuthFailed"
+                for c in o.get("status", {}).get("conditions", [])
+            ),
+            what="Ready=False SSHAuthFailed",
+        )
+        time.sleep(2)
+    assert env.condition("Degraded")["status"] == "True"
+    assert sampler.max_out() == 0
+    for n in ("node1", "node2", "node3"):
+        assert env.fleet.node(n).installed_version() == "1.0.0"
+
+
+def test_wrong_lb_socket_path_touches_no_node(make_env):
+    env: Env = make_env()
+    env.apply_cluster("1.0.0", lb_overrides={"lb2": {"socket": "/var/lib/haproxy/does-not-exist"}})
+    env.patch_spec({"version": "2.0.0"})
+    with LBSampler(env.fleet) as sampler:
+        env.operator.start()
+        obj = env.wait_for(
+            lambda o: any(
+                c["type"] == "Degraded"
+                and c["status"] == "True"
+                and c["reason"] == "LoadBalancerUnreachable"
+                for c in o.get("status", {}).get("conditions", [])
+            ),
+            what="Degraded LoadBalancerUnreachable",
+        )
+        time.sleep(2)
+    assert "lb2" in env.condition("Degraded")["message"]
+    assert env.condition("Ready")["status"] == "False"
+    assert sampler.max_out() == 0
+    rows = obj["status"]["nodes"]
+    assert all(r["loadBalancers"]["lb2"] == "Unreachable" for r in rows)
+
+
+def test_missing_secret_is_a_clear_condition(make_env):
+    env: Env = make_env()
+    docs = __import__("wso2_sandbox.manifest", fromlist=["x"]).fleet_manifests(
+        env.fleet.description, name=env.name, namespace=env.namespace
+    )
+    env.kube.apply(docs[1])  # the WSO2Cluster without its Secret
+    env.operator.start()
+    env.wait_for(
+        lambda o: any(
+            c["type"] == "Ready" and c["reason"] == "SecretNotFound"
+            for c in o.get("status", {}).get("conditions", [])
+        ),
+        what="SecretNotFound",
+    )
+    assert "wso2ei-ssh" in env.condition("Ready")["message"]
+    log = env.operator.log()
+    assert "PRIVATE KEY" not in log
