@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -262,7 +263,7 @@ def test_wrong_ssh_key_touches_no_node(make_env):
         env.namespace,
         "--type=merge",
         "-p",
-        '{"stringData": {"ssh-privatekey": %s}}' % __import__("json").dumps(bad),
+        json.dumps({"stringData": {"ssh-privatekey": bad}}),
     )
     env.patch_spec({"version": "2.0.0"})
     with LBSampler(env.fleet) as sampler:
