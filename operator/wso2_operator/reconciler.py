@@ -255,8 +255,10 @@ class ClusterReconciler:
             await self.persist(spec)
             return bool(self.tasks)
 
+        previous = self.observed
         self.observed = await self.observe(spec, adapters)
         self._track_rollout(spec, now)
+        self._detect_drift(spec, previous)
         p = plan(spec, self.observed, self.progress, self.rollout)
         self._last_plan = p
         await self._reassert(spec, adapters, p)
@@ -330,6 +332,24 @@ class ClusterReconciler:
         except WSO2OperatorError as e:
             log.info("version probe of %s failed: %s", node.name, e)
             return None
+
+    def _detect_drift(self, spec: ClusterSpec, previous: Mapping[str, NodeObservation]) -> None:
+        """A node's version changed while the operator was not updating it: a change by hand."""
+        target, _, _ = effective_target(spec, self.rollout)
+        for n in spec.node_names:
+            p = self.progress.get(n, NodeProgress())
+            before = previous.get(n, NodeObservation()).version
+            v = self.observed.get(n, NodeObservation()).version
+            if p.phase in IN_FLIGHT or p.phase == Phase.FAILED or n in self.tasks:
+                continue
+            if before is None or v is None or v == before or v == target:
+                continue
+            msg = (
+                f"DriftDetected: {n} runs {v} but ran {before} (changed outside the "
+                f"operator); it will be brought to {target}"
+            )
+            self.progress[n] = p.to(Phase.OUTDATED, time.time(), msg)
+            event(self.body, "DriftDetected", msg, warning=True)
 
     async def _lb_states(self, spec, adapters) -> dict[str, dict[str, str]]:
         """node -> LB -> state. An LB that does not answer is Unreachable for every node."""

@@ -62,6 +62,7 @@ def test_rollout_one_at_a_time(make_env):
     messages = " ".join(e["message"] for e in env.events())
     for n in ("node1", "node2", "node3"):
         assert f"{n}:" in messages
+    assert "DriftDetected" not in {e["reason"] for e in env.events()}
     describe = env.kube.run("describe", "w2c", env.name, "-n", env.namespace).stdout
     assert "AllNodesReady" in describe and "NodeUpdateStarted" in describe
 
@@ -322,3 +323,51 @@ def test_missing_secret_is_a_clear_condition(make_env):
     assert "wso2ei-ssh" in env.condition("Ready")["message"]
     log = env.operator.log()
     assert "PRIVATE KEY" not in log
+
+
+def test_drift_is_shown_and_corrected(make_env):
+    env: Env = make_env()
+    env.operator.start()
+    env.apply_cluster("1.0.0")
+    env.wait_ready()
+    # Someone updates node2 by hand, bypassing the LBs (the product stand-in restarts).
+    node = env.fleet.node("node2")
+    import subprocess
+
+    subprocess.run(
+        env.fleet.ssh_argv("node2", "TARGET_VERSION=0.9.0 wso2ctl update"), check=True, timeout=30
+    )
+    assert node.installed_version() == "0.9.0"
+    env.wait_for(
+        lambda o: any(e["reason"] == "DriftDetected" for e in env.events()),
+        timeout=30,
+        what="DriftDetected event",
+    )
+    obj = env.wait_ready()
+    assert all_at(obj, "1.0.0")
+    assert node.installed_version() == "1.0.0"
+    drift = [e for e in env.events() if e["reason"] == "DriftDetected"]
+    assert "node2 runs 0.9.0 but ran 1.0.0" in drift[0]["message"]
+
+
+def test_delete_mid_rollout_touches_no_node(make_env):
+    env: Env = make_env(install_seconds=4.0)
+    env.operator.start()
+    env.apply_cluster("1.0.0")
+    env.wait_ready()
+    env.patch_spec({"version": "2.0.0"})
+    env.wait_for(lambda o: env.node_phase(o, "node1") == "Provisioning", what="node1 Provisioning")
+    t0 = time.monotonic()
+    env.kube.run("delete", "w2c", env.name, "-n", env.namespace, "--timeout=60s")
+    assert time.monotonic() - t0 < 30, "the operator releases its finalizer promptly"
+    # Whatever node1 was doing stops; nothing else is touched afterwards.
+    before = {n: len(env.fleet.node(n).events()) for n in ("node1", "node2", "node3")}
+    lb_before = {lb.name: lb.servers()["node1"]["status"] for lb in env.fleet.lbs}
+    time.sleep(4)
+    after = {n: len(env.fleet.node(n).events()) for n in ("node1", "node2", "node3")}
+    assert after == before
+    assert {lb.name: lb.servers()["node1"]["status"] for lb in env.fleet.lbs} == lb_before
+    for lb in env.fleet.lbs:
+        for n in ("node2", "node3"):
+            assert lb.servers()[n]["status"].startswith("UP")
+    assert env.fleet.node("node2").installed_version() == "1.0.0"
