@@ -17,7 +17,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -108,6 +108,18 @@ def normalize_lb_state(stat: Any) -> str:
     return raw or DOWN
 
 
+@contextlib.asynccontextmanager
+async def timed(adapter: str) -> AsyncIterator[None]:
+    """Records the latency and errors of one LB or SSH call in the Prometheus metrics."""
+    t0 = time.monotonic()
+    try:
+        yield
+    except Exception as e:
+        metrics.adapter_call(adapter, time.monotonic() - t0, e)
+        raise
+    metrics.adapter_call(adapter, time.monotonic() - t0)
+
+
 class Adapters:
     """SSH executor, LB pool and health checker for one cluster's credentials and LBs."""
 
@@ -131,6 +143,10 @@ class Adapters:
             connect_timeout=spec.connect_timeout,
         )
         self.health = HealthChecker()
+
+    async def ssh_run(self, *args: Any, **kwargs: Any) -> Any:
+        async with timed("ssh"):
+            return await self.ssh.run(*args, **kwargs)
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -265,7 +281,8 @@ class ClusterReconciler:
 
         if p.begin and self.problem is None:
             try:
-                await adapters.pool.preflight(spec.backend, list(spec.node_names))
+                async with timed("lb"):
+                    await adapters.pool.preflight(spec.backend, list(spec.node_names))
             except WSO2OperatorError as e:
                 self.problem = SetupProblem(_reason_of(e, "PreflightFailed"), f"preflight: {e}")
                 p = replace(p, begin=())
@@ -319,7 +336,7 @@ class ClusterReconciler:
 
     async def _probe_version(self, spec, adapters, node) -> str | SetupProblem | None:
         try:
-            r = await adapters.ssh.run(
+            r = await adapters.ssh_run(
                 node.host,
                 node.ssh_port,
                 spec.version_command,
@@ -357,7 +374,8 @@ class ClusterReconciler:
 
         async def one(client):
             try:
-                stats = await client.show_stat(spec.backend)
+                async with timed("lb"):
+                    stats = await client.show_stat(spec.backend)
             except LBUnreachable:
                 return client.name, None
             except WSO2OperatorError as e:
@@ -392,7 +410,8 @@ class ClusterReconciler:
                 "MAINT re-asserted"
             )
             try:
-                await adapters.pool.maint(spec.backend, r.node)
+                async with timed("lb"):
+                    await adapters.pool.maint(spec.backend, r.node)
                 event(self.body, "StateReasserted", msg, warning=True)
                 log.warning(msg)
             except WSO2OperatorError as e:
@@ -540,14 +559,15 @@ class ClusterReconciler:
         now = time.time
         if step.kind == StepKind.DRAIN:
             try:
-                await a.pool.drain(
-                    spec.backend,
-                    name,
-                    deadline=spec.drain_timeout,
-                    on_timeout="shutdown"
-                    if spec.on_drain_timeout == "ShutdownSessions"
-                    else "fail",
-                )
+                async with timed("lb"):
+                    await a.pool.drain(
+                        spec.backend,
+                        name,
+                        deadline=spec.drain_timeout,
+                        on_timeout="shutdown"
+                        if spec.on_drain_timeout == "ShutdownSessions"
+                        else "fail",
+                    )
             except DrainTimeout as e:
                 raise StepFailed("DrainTimeout", f"{name}: {e}") from None
             return p.to(
@@ -557,7 +577,7 @@ class ClusterReconciler:
             cmd = spec.provision_commands[step.index]
             total = len(spec.provision_commands)
             try:
-                await a.ssh.run(
+                await a.ssh_run(
                     node.host,
                     node.ssh_port,
                     cmd,
@@ -581,7 +601,7 @@ class ClusterReconciler:
                 p, step=nxt, attempts=0, message=f"{name}: provision command {nxt}/{total} done"
             )
         if step.kind == StepKind.VERIFY:
-            r = await a.ssh.run(
+            r = await a.ssh_run(
                 node.host,
                 node.ssh_port,
                 spec.version_command,
@@ -615,9 +635,10 @@ class ClusterReconciler:
             return p.to(Phase.ENABLING, now(), f"{name}: healthy; re-enabling on every LB")
         if step.kind == StepKind.ENABLE:
             try:
-                await a.pool.reenable(
-                    spec.backend, name, deadline=max(10.0, spec.health.healthy_deadline)
-                )
+                async with timed("lb"):
+                    await a.pool.reenable(
+                        spec.backend, name, deadline=max(10.0, spec.health.healthy_deadline)
+                    )
             except ReenableTimeout as e:
                 raise StepFailed("ReenableTimeout", f"{name}: {e}") from None
             return p.to(Phase.SOAKING, now(), f"{name}: UP on every LB; soaking")

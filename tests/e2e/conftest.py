@@ -34,6 +34,7 @@ class OperatorProcess:
     namespace: str
     log_path: Path
     env_extra: dict[str, str] = field(default_factory=dict)
+    args: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
 
@@ -50,7 +51,15 @@ class OperatorProcess:
         out.write(f"\n===== start #{self.starts} =====\n".encode())
         out.flush()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "wso2_operator", "--standalone", "-n", self.namespace],
+            [
+                sys.executable,
+                "-m",
+                "wso2_operator",
+                "--standalone",
+                "-n",
+                self.namespace,
+                *self.args,
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,
