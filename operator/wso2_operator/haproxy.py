@@ -70,7 +70,7 @@ State = Literal["ready", "drain", "maint"]
 
 
 def _check_name(kind: str, value: str) -> None:
-    if not isinstance(value, str) or not NAME_RE.match(value):
+    if not isinstance(value, str) or not NAME_RE.fullmatch(value):
         raise ConfigError(f"invalid HAProxy {kind} name {value!r}")
 
 

@@ -42,7 +42,7 @@ PASSING_CHECKS = frozenset({"L4OK", "L6OK", "L7OK", "L7OKC"})
 
 # HAProxy accepts more in names, but these are the characters that are safe to put on a CLI line
 # unquoted (no spaces, no ';', no '/').
-NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]+$")
+NAME_RE = re.compile(r"[A-Za-z0-9_.:-]+")
 
 
 def _int(value: str | None) -> int:

@@ -13,26 +13,17 @@ Each step is idempotent. A step that was interrupted by a crash simply runs agai
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 from . import metrics
+from .adapters import Adapters, adapter_key, lb_states, observe, reason_of, timed
 from .errors import (
-    DrainTimeout,
-    HostKeyMismatch,
-    LBUnreachable,
-    ReenableTimeout,
-    SSHAuthFailed,
-    SSHCommandFailed,
-    SSHCommandTimeout,
     WSO2OperatorError,
 )
-from .health import HealthChecker
 from .kube import KubeAdapter, SecretProblem, event
 from .model import (
     IN_FLIGHT,
@@ -43,13 +34,6 @@ from .model import (
     RolloutState,
 )
 from .planner import (
-    DOWN,
-    DRAIN,
-    MAINT,
-    MISSING,
-    NOLB,
-    UNREACHABLE,
-    UP,
     NodeObservation,
     Plan,
     StepKind,
@@ -65,6 +49,7 @@ from .status import (
     rollout_from_status,
     summarize,
 )
+from .steps import StepFailed, run_step
 
 log = logging.getLogger(__name__)
 RETRY_ANNOTATION = "vmops.dev/retry"
@@ -74,102 +59,7 @@ RETRY_ANNOTATION = "vmops.dev/retry"
 class Settings:
     observe_period: float = 30.0  # idle re-observation: re-asserts LB state after HAProxy reloads
     active_period: float = 5.0  # the same while nodes are out of rotation
-    poll: float = 0.05  # short polls inside a step, never a long sleep
     max_backoff: float = 30.0
-
-
-class StepFailed(Exception):
-    """A definitive failure of a node's update: the failure policy applies."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-
-
-def normalize_lb_state(stat: Any) -> str:
-    """One word per server per LB for the planner: admin state first, then operational."""
-    admin = str(getattr(stat, "admin_state", "") or "").upper()
-    if admin.endswith("MAINT"):
-        return MAINT
-    if admin.endswith("DRAIN"):
-        return DRAIN
-    raw = str(stat.status).strip().upper()
-    if raw.startswith("MAINT"):
-        return MAINT
-    if raw.startswith("DRAIN"):
-        return DRAIN
-    if raw.startswith("NOLB"):
-        return NOLB
-    if raw.startswith("UP") or raw == "NO CHECK":
-        return UP
-    if raw.startswith("DOWN"):
-        return DOWN
-    return raw or DOWN
-
-
-@contextlib.asynccontextmanager
-async def timed(adapter: str) -> AsyncIterator[None]:
-    """Records the latency and errors of one LB or SSH call in the Prometheus metrics."""
-    t0 = time.monotonic()
-    try:
-        yield
-    except Exception as e:
-        metrics.adapter_call(adapter, time.monotonic() - t0, e)
-        raise
-    metrics.adapter_call(adapter, time.monotonic() - t0)
-
-
-class Adapters:
-    """SSH executor, LB pool and health checker for one cluster's credentials and LBs."""
-
-    def __init__(self, spec: ClusterSpec, key: bytes, known_hosts: str) -> None:
-        from .haproxy import build_lb_pool
-        from .ssh import SSHCredentials, SSHExecutor
-
-        self.ssh = SSHExecutor(
-            SSHCredentials(
-                username=spec.ssh_user,
-                private_key=key,
-                known_hosts=known_hosts,
-                connect_timeout=spec.connect_timeout,
-            )
-        )
-        self.pool = build_lb_pool(
-            self.ssh,
-            [h.as_dict() for h in spec.lb_hosts],
-            tolerate_unreachable=spec.tolerate_unreachable,
-            poll_interval=0.05,
-            connect_timeout=spec.connect_timeout,
-        )
-        self.health = HealthChecker()
-
-    async def ssh_run(self, *args: Any, **kwargs: Any) -> Any:
-        async with timed("ssh"):
-            return await self.ssh.run(*args, **kwargs)
-
-    async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            await self.pool.close()
-        with contextlib.suppress(Exception):
-            await self.ssh.close()
-        with contextlib.suppress(Exception):
-            await self.health.close()
-
-
-def _adapter_key(spec: ClusterSpec, key: bytes, known_hosts: str) -> str:
-    h = hashlib.sha256()
-    for part in (
-        key,
-        known_hosts.encode(),
-        spec.ssh_user.encode(),
-        repr(
-            (spec.connect_timeout, spec.lb_hosts, spec.backend, spec.tolerate_unreachable)
-        ).encode(),
-    ):
-        h.update(part)
-        h.update(b"\0")
-    return h.hexdigest()
 
 
 class ClusterReconciler:
@@ -218,7 +108,7 @@ class ClusterReconciler:
         key, hosts = await self.kube.read_ssh_secret(
             self.namespace, spec.secret_name, spec.private_key_key, spec.known_hosts_key
         )
-        k = _adapter_key(spec, key, hosts)
+        k = adapter_key(spec, key, hosts)
         if self.adapters is None or k != self._adapters_key:
             if self.adapters is not None and not self.tasks:
                 await self.adapters.close()
@@ -272,7 +162,7 @@ class ClusterReconciler:
             return bool(self.tasks)
 
         previous = self.observed
-        self.observed = await self.observe(spec, adapters)
+        self.observed, self.problem = await observe(spec, adapters)
         self._track_rollout(spec, now)
         self._detect_drift(spec, previous)
         p = plan(spec, self.observed, self.progress, self.rollout)
@@ -284,7 +174,7 @@ class ClusterReconciler:
                 async with timed("lb"):
                     await adapters.pool.preflight(spec.backend, list(spec.node_names))
             except WSO2OperatorError as e:
-                self.problem = SetupProblem(_reason_of(e, "PreflightFailed"), f"preflight: {e}")
+                self.problem = SetupProblem(reason_of(e, "PreflightFailed"), f"preflight: {e}")
                 p = replace(p, begin=())
         for b in p.begin:
             self.progress[b.node] = NodeProgress(
@@ -315,41 +205,6 @@ class ClusterReconciler:
                     log.error("node task %s crashed", n, exc_info=t.exception())
 
     # ------------------------------------------------------------------ observation
-    async def observe(self, spec: ClusterSpec, adapters: Adapters) -> dict[str, NodeObservation]:
-        lb_states, versions, health = await asyncio.gather(
-            self._lb_states(spec, adapters),
-            asyncio.gather(*(self._probe_version(spec, adapters, n) for n in spec.nodes)),
-            asyncio.gather(*(adapters.health.check(n.host, spec.health) for n in spec.nodes)),
-        )
-        self.problem = None
-        for v in versions:
-            if isinstance(v, SetupProblem):
-                self.problem = v
-        out = {}
-        for node, v, (ok, _detail) in zip(spec.nodes, versions, health, strict=True):
-            out[node.name] = NodeObservation(
-                version=v if isinstance(v, str) else None,
-                healthy=ok,
-                lb=lb_states.get(node.name, {}),
-            )
-        return out
-
-    async def _probe_version(self, spec, adapters, node) -> str | SetupProblem | None:
-        try:
-            r = await adapters.ssh_run(
-                node.host,
-                node.ssh_port,
-                spec.version_command,
-                env={"NODE_NAME": node.name},
-                timeout=min(60.0, spec.provision_timeout),
-            )
-            return r.stdout.strip() or None
-        except (HostKeyMismatch, SSHAuthFailed) as e:
-            return SetupProblem(_reason_of(e, "SSHFailed"), f"{node.name}: {e}")
-        except WSO2OperatorError as e:
-            log.info("version probe of %s failed: %s", node.name, e)
-            return None
-
     def _detect_drift(self, spec: ClusterSpec, previous: Mapping[str, NodeObservation]) -> None:
         """A node's version changed while the operator was not updating it: a change by hand."""
         target, _, _ = effective_target(spec, self.rollout)
@@ -368,35 +223,10 @@ class ClusterReconciler:
             self.progress[n] = p.to(Phase.OUTDATED, time.time(), msg)
             event(self.body, "DriftDetected", msg, warning=True)
 
-    async def _lb_states(self, spec, adapters) -> dict[str, dict[str, str]]:
-        """node -> LB -> state. An LB that does not answer is Unreachable for every node."""
-        result: dict[str, dict[str, str]] = {n: {} for n in spec.node_names}
-
-        async def one(client):
-            try:
-                async with timed("lb"):
-                    stats = await client.show_stat(spec.backend)
-            except LBUnreachable:
-                return client.name, None
-            except WSO2OperatorError as e:
-                log.warning("LB %s: %s", client.name, e)
-                return client.name, None
-            return client.name, stats
-
-        for lb_name, stats in await asyncio.gather(*(one(c) for c in adapters.pool.clients)):
-            for n in spec.node_names:
-                if stats is None:
-                    result[n][lb_name] = UNREACHABLE
-                elif n not in stats:
-                    result[n][lb_name] = MISSING
-                else:
-                    result[n][lb_name] = normalize_lb_state(stats[n])
-        return result
-
     async def _refresh_node_lb(self, spec: ClusterSpec, node: str) -> None:
         if self.adapters is None:
             return
-        states = await self._lb_states(spec, self.adapters)
+        states = await lb_states(spec, self.adapters)
         for n, lb in states.items():
             o = self.observed.get(n, NodeObservation())
             self.observed[n] = replace(o, lb=lb)
@@ -512,7 +342,8 @@ class ClusterReconciler:
                 return
             t0 = time.monotonic()
             try:
-                new = await self._run_step(spec, name, p, step)
+                assert self.adapters is not None
+                new = await run_step(self.adapters, self.observed, spec, name, p, step)
             except StepFailed as e:
                 metrics.step_done(step.kind, time.monotonic() - t0, ok=False)
                 await self._fail(spec, name, e.reason, f"{e.reason}: {e.message}")
@@ -523,8 +354,8 @@ class ClusterReconciler:
                     await self._fail(
                         spec,
                         name,
-                        _reason_of(e, "StepFailed"),
-                        f"{_reason_of(e, 'StepFailed')}: {name} {step.kind}: {e}",
+                        reason_of(e, "StepFailed"),
+                        f"{reason_of(e, 'StepFailed')}: {name} {step.kind}: {e}",
                     )
                     return
                 attempts = p.attempts + 1
@@ -551,128 +382,6 @@ class ClusterReconciler:
             if new.phase not in IN_FLIGHT:
                 return
 
-    async def _run_step(self, spec: ClusterSpec, name: str, p: NodeProgress, step) -> NodeProgress:
-        assert self.adapters is not None
-        a = self.adapters
-        node = spec.node(name)
-        target = p.target or spec.version
-        now = time.time
-        if step.kind == StepKind.DRAIN:
-            try:
-                async with timed("lb"):
-                    await a.pool.drain(
-                        spec.backend,
-                        name,
-                        deadline=spec.drain_timeout,
-                        on_timeout="shutdown"
-                        if spec.on_drain_timeout == "ShutdownSessions"
-                        else "fail",
-                    )
-            except DrainTimeout as e:
-                raise StepFailed("DrainTimeout", f"{name}: {e}") from None
-            return p.to(
-                Phase.PROVISIONING, now(), f"{name}: drained and in MAINT on every LB", step=0
-            )
-        if step.kind == StepKind.PROVISION:
-            cmd = spec.provision_commands[step.index]
-            total = len(spec.provision_commands)
-            try:
-                await a.ssh_run(
-                    node.host,
-                    node.ssh_port,
-                    cmd,
-                    env={"TARGET_VERSION": target, "NODE_NAME": name},
-                    timeout=spec.provision_timeout,
-                )
-            except SSHCommandFailed as e:
-                raise StepFailed(
-                    "ProvisionFailed",
-                    f"{name}: provision command {step.index + 1}/{total} failed: {e}",
-                ) from None
-            except SSHCommandTimeout as e:
-                raise StepFailed(
-                    "ProvisionTimeout",
-                    f"{name}: provision command {step.index + 1}/{total} timed out: {e}",
-                ) from None
-            nxt = step.index + 1
-            if nxt >= total:
-                return p.to(Phase.VERIFYING, now(), f"{name}: provisioned {target}", step=nxt)
-            return replace(
-                p, step=nxt, attempts=0, message=f"{name}: provision command {nxt}/{total} done"
-            )
-        if step.kind == StepKind.VERIFY:
-            r = await a.ssh_run(
-                node.host,
-                node.ssh_port,
-                spec.version_command,
-                env={"NODE_NAME": name},
-                timeout=min(60.0, spec.provision_timeout),
-            )
-            got = r.stdout.strip()
-            if got != target:
-                raise StepFailed(
-                    "VersionMismatch",
-                    f"{name}: versionCommand printed {got!r}, expected {target!r}",
-                )
-            o = self.observed.get(name, NodeObservation())
-            self.observed[name] = replace(o, version=got)
-            return p.to(
-                Phase.WAITING_HEALTHY, now(), f"{name}: runs {target}; waiting until healthy"
-            )
-        if step.kind == StepKind.WAIT_HEALTHY:
-            since = p.since or now()
-            deadline = time.monotonic() + max(0.0, since + spec.health.healthy_deadline - now())
-            ok, detail = await a.health.wait_healthy(
-                node.host, spec.health, deadline, poll=min(spec.health.period, 0.2)
-            )
-            if not ok:
-                raise StepFailed(
-                    "HealthCheckFailed",
-                    f"{name}: not healthy within {spec.health.healthy_deadline:g}s: {detail}",
-                )
-            o = self.observed.get(name, NodeObservation())
-            self.observed[name] = replace(o, healthy=True)
-            return p.to(Phase.ENABLING, now(), f"{name}: healthy; re-enabling on every LB")
-        if step.kind == StepKind.ENABLE:
-            try:
-                async with timed("lb"):
-                    await a.pool.reenable(
-                        spec.backend, name, deadline=max(10.0, spec.health.healthy_deadline)
-                    )
-            except ReenableTimeout as e:
-                raise StepFailed("ReenableTimeout", f"{name}: {e}") from None
-            return p.to(Phase.SOAKING, now(), f"{name}: UP on every LB; soaking")
-        if step.kind == StepKind.SOAK:
-            return await self._soak(spec, name, p)
-        raise AssertionError(step)
-
-    async def _soak(self, spec: ClusterSpec, name: str, p: NodeProgress) -> NodeProgress:
-        assert self.adapters is not None
-        node = spec.node(name)
-        end = (p.since or time.time()) + spec.min_ready_seconds
-        while True:
-            states = (await self._lb_states(spec, self.adapters)).get(name, {})
-            bad = {lb: s for lb, s in states.items() if s not in (UP, UNREACHABLE)}
-            if bad:
-                raise StepFailed(
-                    "SoakFailed",
-                    f"{name}: left rotation during minReadySeconds: "
-                    + ", ".join(f"{k}={v}" for k, v in bad.items()),
-                )
-            ok, detail = await self.adapters.health.check(node.host, spec.health)
-            if not ok:
-                raise StepFailed(
-                    "SoakFailed", f"{name}: unhealthy during minReadySeconds: {detail}"
-                )
-            if time.time() >= end:
-                break
-            await asyncio.sleep(min(1.0, max(0.05, end - time.time())))
-        return NodeProgress(
-            phase=Phase.CURRENT,
-            since=time.time(),
-            message=f"{name}: updated to {p.target}",
-        )
-
     async def _fail(self, spec: ClusterSpec, name: str, reason: str, message: str) -> None:
         p = self.progress[name]
         if not message.startswith(reason):
@@ -696,17 +405,3 @@ class ClusterReconciler:
         log.error("%s/%s: %s", self.namespace, self.name, message)
         await self.persist(spec)
         self.wake.set()
-
-
-def _reason_of(e: Exception, default: str) -> str:
-    name = type(e).__name__
-    return {
-        "HostKeyMismatch": "HostKeyMismatch",
-        "SSHAuthFailed": "SSHAuthFailed",
-        "SSHUnreachable": "SSHUnreachable",
-        "LBUnreachable": "LoadBalancerUnreachable",
-        "NoSuchBackend": "BackendNotFound",
-        "NoSuchServer": "ServerNotFound",
-        "NotAdmin": "SocketNotAdmin",
-        "PermissionDenied": "SocketNotAdmin",
-    }.get(name, default)

@@ -7,9 +7,9 @@ Design points (see /work/shared/notes/kopf-asyncssh-crd.md):
 * Values reach the remote command as ``env NAME=<quoted> ...`` in the command line, because a
   default sshd drops SSH ``env`` requests (no ``AcceptEnv``).
 * asyncssh's ``conn.run(timeout=...)`` leaves the channel open when it times out, and OpenSSH
-  does not kill a command whose channel closes without a pty. So every command is wrapped in
-  coreutils ``timeout`` on the remote side, and a local timeout sends a signal and closes the
-  channel.
+  does not kill a command whose channel closes without a pty. So every command runs under a
+  small remote wrapper (coreutils ``timeout`` plus a watchdog on stdin, see ``_WRAPPER``), and
+  a local timeout or cancellation closes the channel, which makes the wrapper kill the command.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from .errors import (
 
 log = logging.getLogger(__name__)
 
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 STDERR_TAIL_BYTES = 2048
 # The remote `timeout` fires this much after the local one so that the local timeout (which
 # raises SSHCommandTimeout) normally wins; the remote one is the backstop if the signal and the
@@ -88,16 +88,23 @@ class CommandResult:
 # it refuses client "signal" requests for root logins ("session signalling requires privilege
 # separation"). What sshd does do on channel close is close the command's stdin. So the
 # command runs in the background with stdin from /dev/null, while a watchdog blocks reading the
-# real stdin (fd 3), which we never write to and never send EOF on; when it sees EOF (channel
-# closed, or connection gone) it sends TERM to `timeout`, which passes it to its whole process
-# group (it runs in its own group), then KILL after -k seconds. The remote `timeout` is the
-# backstop if even that fails. Without this, a timed-out `sleep 30` keeps its sshd session slot
-# (MaxSessions) until it exits.
+# real stdin (fd 3), which we never write to and never send EOF on. On EOF (channel closed, or
+# connection gone) it sends TERM to `timeout`, which passes it on to its own process group and
+# sends KILL 2 s later if needed.
+#
+# The watchdog also sends TERM to that process group directly, and again 0.1 s later: coreutils
+# up to 9.1 (Debian 12) has a start-up race in which a TERM arriving around its fork() makes
+# `timeout` exit while the freshly forked command survives (seen here when a channel closes
+# within milliseconds). Once fired, the watchdog ignores TERM and the wrapper waits for it, so
+# the channel closes only after the clean-up. Without all this, a timed-out `sleep 30` keeps its
+# sshd session slot (MaxSessions) until it exits. The remote `timeout` itself is the backstop.
 _WRAPPER = (
     "exec 3<&0 </dev/null; "
     'timeout -k {kill_after} {limit} sh -c "$1" 3<&- & p=$!; '
-    '( while read -r _ <&3; do :; done; kill -TERM "$p" ) >/dev/null 2>&1 & w=$!; '
-    'wait "$p"; rc=$?; kill "$w" 2>/dev/null; exit "$rc"'
+    "( while read -r _ <&3; do :; done; trap '' TERM; "
+    'kill -s TERM "$p"; kill -s TERM -- "-$p"; sleep 0.1; kill -s TERM -- "-$p" '
+    ") >/dev/null 2>&1 & w=$!; "
+    'wait "$p"; rc=$?; kill "$w" 2>/dev/null; wait "$w"; exit "$rc"'
 )
 
 
@@ -116,7 +123,7 @@ def build_remote_command(
     if env:
         parts.append("env")
         for name, value in env.items():
-            if not isinstance(name, str) or not ENV_NAME_RE.match(name):
+            if not isinstance(name, str) or not ENV_NAME_RE.fullmatch(name):
                 raise ConfigError(f"invalid environment variable name {name!r}")
             if not isinstance(value, str):
                 raise ConfigError(f"environment value for {name} must be a string")
@@ -139,7 +146,7 @@ def _redact_env(command_line: str) -> str:
         return "env <redacted>"
     out = ["env"]
     i = 1
-    while i < len(words) and "=" in words[i] and ENV_NAME_RE.match(words[i].split("=", 1)[0]):
+    while i < len(words) and "=" in words[i] and ENV_NAME_RE.fullmatch(words[i].split("=", 1)[0]):
         out.append(words[i].split("=", 1)[0] + "=***")
         i += 1
     return " ".join(out + [shlex.quote(w) for w in words[i:]])

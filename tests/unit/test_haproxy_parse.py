@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import random
 
@@ -213,9 +214,7 @@ def test_fresh_pass_rule(status: str, check: str, op: int, flags: int, expected:
     csv.writer(buf, lineterminator="\n").writerows([header, row])
     s = parse_show_stat("# " + buf.getvalue())["node1"]
     state = parse_servers_state(SERVERS_STATE_DRAIN)["node1"]
-    merged = merge_state(
-        s, state.__class__(**{**state.__dict__, "op_state": op, "admin_flags": flags})
-    )
+    merged = merge_state(s, dataclasses.replace(state, op_state=op, admin_flags=flags))
     assert fresh_pass_after_forced_down(merged) is expected
 
 

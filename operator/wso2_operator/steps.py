@@ -1,0 +1,150 @@
+"""One step of one node's update: drain, provision, verify, wait healthy, enable, soak.
+
+Each step is idempotent, so that a step interrupted by an operator crash can simply run again.
+A `StepFailed` is definitive (the failure policy applies); an adapter error marked transient is
+retried by the caller with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import replace
+
+from .adapters import Adapters, lb_states, timed
+from .errors import DrainTimeout, ReenableTimeout, SSHCommandFailed, SSHCommandTimeout
+from .model import ClusterSpec, NodeProgress, Phase
+from .planner import UNREACHABLE, UP, NodeObservation, Step, StepKind
+
+
+class StepFailed(Exception):
+    """A definitive failure of a node's update: the failure policy applies."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+async def run_step(
+    a: Adapters,
+    observed: dict[str, NodeObservation],
+    spec: ClusterSpec,
+    name: str,
+    p: NodeProgress,
+    step: Step,
+) -> NodeProgress:
+    """Run one step of one node's update and return its new progress (not yet persisted)."""
+    node = spec.node(name)
+    target = p.target or spec.version
+    now = time.time
+    if step.kind == StepKind.DRAIN:
+        try:
+            async with timed("lb"):
+                await a.pool.drain(
+                    spec.backend,
+                    name,
+                    deadline=spec.drain_timeout,
+                    on_timeout="shutdown"
+                    if spec.on_drain_timeout == "ShutdownSessions"
+                    else "fail",
+                )
+        except DrainTimeout as e:
+            raise StepFailed("DrainTimeout", f"{name}: {e}") from None
+        return p.to(Phase.PROVISIONING, now(), f"{name}: drained and in MAINT on every LB", step=0)
+    if step.kind == StepKind.PROVISION:
+        cmd = spec.provision_commands[step.index]
+        total = len(spec.provision_commands)
+        try:
+            await a.ssh_run(
+                node.host,
+                node.ssh_port,
+                cmd,
+                env={"TARGET_VERSION": target, "NODE_NAME": name},
+                timeout=spec.provision_timeout,
+            )
+        except SSHCommandFailed as e:
+            raise StepFailed(
+                "ProvisionFailed",
+                f"{name}: provision command {step.index + 1}/{total} failed: {e}",
+            ) from None
+        except SSHCommandTimeout as e:
+            raise StepFailed(
+                "ProvisionTimeout",
+                f"{name}: provision command {step.index + 1}/{total} timed out: {e}",
+            ) from None
+        nxt = step.index + 1
+        if nxt >= total:
+            return p.to(Phase.VERIFYING, now(), f"{name}: provisioned {target}", step=nxt)
+        return replace(
+            p, step=nxt, attempts=0, message=f"{name}: provision command {nxt}/{total} done"
+        )
+    if step.kind == StepKind.VERIFY:
+        r = await a.ssh_run(
+            node.host,
+            node.ssh_port,
+            spec.version_command,
+            env={"NODE_NAME": name},
+            timeout=min(60.0, spec.provision_timeout),
+        )
+        got = r.stdout.strip()
+        if got != target:
+            raise StepFailed(
+                "VersionMismatch",
+                f"{name}: versionCommand printed {got!r}, expected {target!r}",
+            )
+        o = observed.get(name, NodeObservation())
+        observed[name] = replace(o, version=got)
+        return p.to(Phase.WAITING_HEALTHY, now(), f"{name}: runs {target}; waiting until healthy")
+    if step.kind == StepKind.WAIT_HEALTHY:
+        since = p.since or now()
+        deadline = time.monotonic() + max(0.0, since + spec.health.healthy_deadline - now())
+        ok, detail = await a.health.wait_healthy(
+            node.host, spec.health, deadline, poll=min(spec.health.period, 0.2)
+        )
+        if not ok:
+            raise StepFailed(
+                "HealthCheckFailed",
+                f"{name}: not healthy within {spec.health.healthy_deadline:g}s: {detail}",
+            )
+        o = observed.get(name, NodeObservation())
+        observed[name] = replace(o, healthy=True)
+        return p.to(Phase.ENABLING, now(), f"{name}: healthy; re-enabling on every LB")
+    if step.kind == StepKind.ENABLE:
+        try:
+            async with timed("lb"):
+                await a.pool.reenable(
+                    spec.backend, name, deadline=max(10.0, spec.health.healthy_deadline)
+                )
+        except ReenableTimeout as e:
+            raise StepFailed("ReenableTimeout", f"{name}: {e}") from None
+        return p.to(Phase.SOAKING, now(), f"{name}: UP on every LB; soaking")
+    if step.kind == StepKind.SOAK:
+        return await soak(a, spec, name, p)
+    raise AssertionError(step)
+
+
+async def soak(a: Adapters, spec: ClusterSpec, name: str, p: NodeProgress) -> NodeProgress:
+    """Stay UP on every LB and healthy for minReadySeconds, or fail."""
+    node = spec.node(name)
+    end = (p.since or time.time()) + spec.min_ready_seconds
+    while True:
+        states = (await lb_states(spec, a)).get(name, {})
+        bad = {lb: s for lb, s in states.items() if s not in (UP, UNREACHABLE)}
+        if bad:
+            raise StepFailed(
+                "SoakFailed",
+                f"{name}: left rotation during minReadySeconds: "
+                + ", ".join(f"{k}={v}" for k, v in bad.items()),
+            )
+        ok, detail = await a.health.check(node.host, spec.health)
+        if not ok:
+            raise StepFailed("SoakFailed", f"{name}: unhealthy during minReadySeconds: {detail}")
+        if time.time() >= end:
+            break
+        await asyncio.sleep(min(1.0, max(0.05, end - time.time())))
+    return NodeProgress(
+        phase=Phase.CURRENT,
+        since=time.time(),
+        message=f"{name}: updated to {p.target}",
+    )
