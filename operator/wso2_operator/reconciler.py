@@ -162,7 +162,13 @@ class ClusterReconciler:
             return bool(self.tasks)
 
         previous = self.observed
-        self.observed, self.problem = await observe(spec, adapters)
+        for _ in range(3):
+            snapshot = dict(self.progress)
+            self.observed, self.problem = await observe(spec, adapters)
+            # A node task that finished while we observed makes the observation stale for that
+            # node (e.g. seen in DRAIN, now Current): planning on it would start it again.
+            if all(self.progress.get(n) is p for n, p in snapshot.items()):
+                break
         self._track_rollout(spec, now)
         self._detect_drift(spec, previous)
         p = plan(spec, self.observed, self.progress, self.rollout)
