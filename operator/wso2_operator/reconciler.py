@@ -238,9 +238,12 @@ class ClusterReconciler:
             self.observed[n] = replace(o, lb=lb)
 
     async def _reassert(self, spec: ClusterSpec, adapters: Adapters, p: Plan) -> None:
+        planned = dict(self.progress)
         for r in p.reassert:
             if r.node in self.tasks and self.progress[r.node].phase == Phase.WAITING_HEALTHY:
                 continue
+            if self.progress.get(r.node) is not planned.get(r.node):
+                continue  # its task moved on (maybe to Enabling) since the plan: never fight it
             msg = (
                 f"{r.node} was back in rotation on {', '.join(r.lbs)} (HAProxy reload?); "
                 "MAINT re-asserted"
