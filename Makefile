@@ -60,5 +60,8 @@ demo: setup
 bench: setup
 	@$(BIN)/python -m bench.run
 
+image-check: venv
+	$(BIN)/pytest -q tests/integration/test_manifests.py -k dockerfile
+
 clean:
 	rm -rf $(VENV) $(SANDBOX)

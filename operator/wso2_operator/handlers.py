@@ -33,8 +33,11 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     logging.getLogger("asyncssh").setLevel(logging.WARNING)
     # The wake handler runs on every watch event, including our own status writes.
     logging.getLogger("kopf.objects").addFilter(_QuietWake())
-    settings.peering.name = os.environ.get("WSO2_PEERING_NAME", "wso2-operator")
-    settings.peering.mandatory = False
+    # kopf's --peering NAME sets name and mandatory before this handler runs: keep them.
+    # Mandatory peering starts paused until the peering object is read, so a standby never
+    # acts before it knows a higher-priority peer exists (--standalone skips peering entirely).
+    if not settings.peering.mandatory:
+        settings.peering.name = os.environ.get("WSO2_PEERING_NAME", "wso2-operator")
     # Give a dying peer's lock up quickly, so a standby takes over within about a minute.
     settings.peering.lifetime = 30
     settings.persistence.finalizer = "vmops.dev/wso2-operator"

@@ -62,7 +62,8 @@ def test_rollout_one_at_a_time(make_env):
     messages = " ".join(e["message"] for e in env.events())
     for n in ("node1", "node2", "node3"):
         assert f"{n}:" in messages
-    assert "DriftDetected" not in {e["reason"] for e in env.events()}
+    reasons = {e["reason"] for e in env.events()}
+    assert "DriftDetected" not in reasons and "StateReasserted" not in reasons
     started = sorted(e["message"] for e in env.events() if e["reason"] == "NodeUpdateStarted")
     assert started == [f"node{i}: updating 1.0.0 -> 2.0.0" for i in (1, 2, 3)]
     describe = env.kube.run("describe", "w2c", env.name, "-n", env.namespace).stdout

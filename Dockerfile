@@ -1,0 +1,35 @@
+# syntax=docker/dockerfile:1
+# wso2-operator image: `docker build -t ghcr.io/vmops/wso2-operator:0.1.0 .`
+#
+# builder: a venv with the package and its pinned dependencies (pyproject.toml), installed
+#          non-editable and byte-compiled (the root filesystem is read-only at run time); pip's
+#          cache is a BuildKit cache mount, never a layer; pip itself is removed afterwards.
+# final:   the same slim Python plus that venv only: no pip cache, no compilers, no source tree,
+#          running as uid 10001.
+FROM python:3.11-slim AS builder
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+WORKDIR /src
+COPY pyproject.toml ./
+COPY operator ./operator
+RUN --mount=type=cache,target=/root/.cache/pip \
+    /opt/venv/bin/pip install /src \
+ && /opt/venv/bin/pip uninstall --yes pip setuptools
+
+# The same base as the builder: the venv's python is a symlink to its /usr/local/bin/python.
+FROM python:3.11-slim
+LABEL org.opencontainers.image.title="wso2-operator" \
+      org.opencontainers.image.description="Zero-downtime rolling updates of WSO2 VM nodes behind HAProxy, driven by a WSO2Cluster custom resource"
+RUN groupadd --gid 10001 wso2op \
+ && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin wso2op
+COPY --from=builder /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    HOME=/tmp
+USER 10001:10001
+WORKDIR /tmp
+# 8080: kopf's liveness endpoint; 9090: Prometheus metrics.
+EXPOSE 8080 9090
+ENTRYPOINT ["python", "-m", "wso2_operator"]
+CMD ["--all-namespaces", "--peering=wso2-operator", "--liveness=http://0.0.0.0:8080/healthz", "--metrics-port=9090", "--random-priority"]
