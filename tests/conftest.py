@@ -11,10 +11,12 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,6 +25,29 @@ from wso2_sandbox.controlplane import ControlPlane
 REPO = Path(__file__).resolve().parents[1]
 KUBECTL = str(Path(sys.executable).parent / "kubectl")
 CRD = REPO / "crds" / "wso2clusters.yaml"
+
+
+def wait_for(what: str, pred: Callable[[], Any], timeout: float, info: Callable[[], str]) -> Any:
+    """Poll pred until it returns something truthy (returned); on timeout fail with info()."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{info()}")
+
+
+def ready_at(obj: dict[str, Any], version: str) -> bool:
+    """Ready=True for the current generation, with every node at version."""
+    st = obj.get("status") or {}
+    ready = [c for c in st.get("conditions") or [] if c["type"] == "Ready"]
+    return (
+        st.get("observedGeneration") == obj["metadata"]["generation"]
+        and bool(ready)
+        and ready[0]["status"] == "True"
+        and st.get("currentVersion") == version
+    )
 
 
 @dataclass

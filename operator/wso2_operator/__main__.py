@@ -15,6 +15,17 @@ import os
 import random
 import sys
 
+from .kube import PEERING_SCOPE_ENV
+
+
+def peering_scope(kopf_args: list[str]) -> str:
+    """Where kopf looks for its peering object: "cluster" with -A, else the -n namespaces."""
+    scope = argparse.ArgumentParser(add_help=False)
+    scope.add_argument("-A", "--all-namespaces", action="store_true")
+    scope.add_argument("-n", "--namespace", action="append", default=[])
+    known, _ = scope.parse_known_args(kopf_args)
+    return "cluster" if known.all_namespaces or not known.namespace else ",".join(known.namespace)
+
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -31,6 +42,7 @@ def main(argv: list[str] | None = None) -> None:
         os.environ["WSO2_OBSERVE_PERIOD"] = str(args.observe_period)
     if args.random_priority:
         rest.append(f"--priority={random.randint(1, 1_000_000)}")
+    os.environ[PEERING_SCOPE_ENV] = peering_scope(rest)
     if args.metrics_port:
         from .metrics import serve
 

@@ -13,7 +13,15 @@ from typing import Any
 
 import kopf
 
-from .kube import GROUP, PLURAL, VERSION, KubeAdapter, load_client_config
+from .kube import (
+    GROUP,
+    PEERING_SCOPE_ENV,
+    PLURAL,
+    VERSION,
+    KubeAdapter,
+    ensure_peering,
+    load_client_config,
+)
 from .reconciler import RETRY_ANNOTATION, ClusterReconciler, Settings
 
 
@@ -38,6 +46,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     # acts before it knows a higher-priority peer exists (--standalone skips peering entirely).
     if not settings.peering.mandatory:
         settings.peering.name = os.environ.get("WSO2_PEERING_NAME", "wso2-operator")
+    elif os.environ.get(PEERING_SCOPE_ENV):
+        ensure_peering(settings.peering.name, os.environ[PEERING_SCOPE_ENV])
     # Give a dying peer's lock up quickly, so a standby takes over within about a minute.
     settings.peering.lifetime = 30
     settings.persistence.finalizer = "vmops.dev/wso2-operator"

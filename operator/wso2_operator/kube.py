@@ -89,6 +89,46 @@ class KubeAdapter:
         return key, hosts
 
 
+PEERING_SCOPE_ENV = "WSO2_PEERING_SCOPE"  # set by __main__ from kopf's -A / -n flags
+
+
+def ensure_peering(name: str, scope: str) -> list[str]:
+    """Create kopf's peering object(s) if missing; returns what it created.
+
+    With mandatory peering kopf starts paused and resumes only on reading its peering object;
+    if that object does not exist, kopf's keep-alive reports "not found" at debug level and the
+    operator stays paused for ever. Creating it here keeps `kubectl apply -k manifests/` a single
+    step (a CRD and an object of it cannot be applied together) and makes a missing object
+    impossible. `scope` is "cluster" or a comma-separated list of namespaces.
+    """
+    custom = kubernetes.client.CustomObjectsApi()
+    created = []
+    targets = [None] if scope == "cluster" else [n for n in scope.split(",") if n]
+    for ns in targets:
+        if ns is not None and any(c in ns for c in "*?[!"):
+            log.warning("namespace pattern %r: create its KopfPeering %r yourself", ns, name)
+            continue
+        kind = "ClusterKopfPeering" if ns is None else "KopfPeering"
+        body = {"apiVersion": "kopf.dev/v1", "kind": kind, "metadata": {"name": name}}
+        try:
+            if ns is None:
+                custom.create_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", body)
+            else:
+                custom.create_namespaced_custom_object("kopf.dev", "v1", ns, "kopfpeerings", body)
+        except ApiException as e:
+            if e.status == 409:  # already there: the usual case
+                continue
+            where = "cluster-wide" if ns is None else f"in namespace {ns}"
+            log.error(
+                "cannot create %s %r %s (HTTP %s): create it, or the operator stays paused",
+                kind, name, where, e.status,
+            )  # fmt: skip
+            continue
+        created.append(f"{kind}/{name}" if ns is None else f"{kind}/{ns}/{name}")
+        log.info("created %s %r", kind, name)
+    return created
+
+
 def event(body: Mapping[str, Any], reason: str, message: str, warning: bool = False) -> None:
     """A Kubernetes Event on the WSO2Cluster, posted in the background by kopf."""
     try:

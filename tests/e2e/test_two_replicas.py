@@ -27,14 +27,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, Kube
+from tests.conftest import REPO, Kube, ready_at, wait_for
 from wso2_sandbox.fleet import Fleet, FleetConfig
 from wso2_sandbox.manifest import fleet_manifests
 
@@ -129,27 +129,6 @@ class Replica:
         return f"----- {self.label} (priority {self.priority}) -----\n{self.log()[-4000:]}"
 
 
-def wait_for(what: str, pred: Callable[[], Any], timeout: float, info: Callable[[], str]) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{info()}")
-
-
-def ready_at(obj: Obj, version: str) -> bool:
-    st = obj.get("status") or {}
-    ready = [c for c in st.get("conditions") or [] if c["type"] == "Ready"]
-    return (
-        st.get("observedGeneration") == obj["metadata"]["generation"]
-        and bool(ready)
-        and ready[0]["status"] == "True"
-        and st.get("currentVersion") == version
-    )
-
-
 def paused(log: str) -> bool:
     """Mandatory peering starts paused; after a "Resuming" only a later "Pausing" pauses again."""
     return log.rfind(PAUSING) >= log.rfind(RESUMING)
@@ -177,10 +156,7 @@ def test_standby_takes_over_after_kill9_and_finishes_the_rollout(
     ns = kube.new_namespace("peer")
     kube.run("apply", "-f", str(PEERING_CRDS))
     kube.run("wait", "--for=condition=Established", "crd/kopfpeerings.kopf.dev", "--timeout=60s")
-    kube.apply(
-        {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering",
-         "metadata": {"name": PEERING_NAME, "namespace": ns}},
-    )  # fmt: skip
+    # No KopfPeering is created here: each replica creates it at start-up if missing.
     for doc in fleet_manifests(fleet.description, name=NAME, namespace=ns, version="1.0.0"):
         kube.apply(doc)
 
@@ -202,7 +178,10 @@ def test_standby_takes_over_after_kill9_and_finishes_the_rollout(
             r.start()
 
         def peering_has_both() -> bool:
-            status = kube.get_json("kopfpeering", PEERING_NAME, "-n", ns).get("status") or {}
+            got = kube.run("get", "kopfpeering", PEERING_NAME, "-n", ns, "-o", "json", check=False)
+            if got.returncode:  # not created yet: the replicas are still starting
+                return False
+            status = json.loads(got.stdout).get("status") or {}
             return sorted(p["priority"] for p in status.values()) == [100, 200]
 
         wait_for("both replicas in the KopfPeering", peering_has_both, 60, logs)

@@ -18,10 +18,9 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 import tomllib
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import CRD, KUBECTL, REPO, Kube
+from tests.conftest import CRD, KUBECTL, REPO, Kube, ready_at, wait_for
 from wso2_sandbox.controlplane import ControlPlane
 from wso2_sandbox.fleet import Fleet, FleetConfig
 from wso2_sandbox.manifest import fleet_manifests
@@ -310,7 +309,6 @@ WAVES = {
     ("CustomResourceDefinition", "clusterkopfpeerings.kopf.dev"): "-10",
     ("CustomResourceDefinition", "kopfpeerings.kopf.dev"): "-10",
     ("Namespace", NS): "-5",
-    ("ClusterKopfPeering", "wso2-operator"): "-5",
     ("ServiceAccount", "wso2-operator"): "-1",
     ("ClusterRole", "wso2-operator"): "-1",
     ("ClusterRoleBinding", "wso2-operator"): "-1",
@@ -368,13 +366,16 @@ def test_peering_crds_match_kopfs() -> None:
 
 
 def test_one_peering_name_everywhere() -> None:
-    """The Deployment's WSO2_PEERING_NAME, the ClusterKopfPeering and the RBAC resourceNames."""
+    """The Deployment's --peering name, WSO2_PEERING_NAME and the RBAC resourceNames agree, and no
+    peering object is in the base (the operator creates it: `apply -k` must work in one go)."""
     objs = rendered()
     (container,) = find(objs, "Deployment", "wso2-operator")["spec"]["template"]["spec"][
         "containers"
     ]
-    name = {e["name"]: e.get("value") for e in container["env"]}["WSO2_PEERING_NAME"]
-    assert find(objs, "ClusterKopfPeering", name)
+    (arg,) = [a for a in container["args"] if a.startswith("--peering=")]
+    name = arg.partition("=")[2]
+    assert {e["name"]: e.get("value") for e in container["env"]}["WSO2_PEERING_NAME"] == name
+    assert not [o for o in objs if o["kind"] in ("ClusterKopfPeering", "KopfPeering")]
     rules = find(objs, "ClusterRole", "wso2-operator")["rules"]
     named = [r for r in rules if "clusterkopfpeerings" in r["resources"] and "patch" in r["verbs"]]
     assert [r.get("resourceNames") for r in named] == [[name]]
@@ -428,10 +429,9 @@ CRDS = ("wso2clusters.vmops.dev", "clusterkopfpeerings.kopf.dev", "kopfpeerings.
 
 
 def install(kube: Kube) -> None:
-    """The documented kubectl install (manifests/kustomization.yaml): CRDs, then everything."""
-    kube.run("apply", "-k", str(MANIFESTS / "crds"))
-    kube.run("wait", "--for=condition=Established", *(f"crd/{c}" for c in CRDS), "--timeout=60s")
+    """The documented install, one command on a control plane that has none of it yet."""
     kube.run("apply", "-k", str(MANIFESTS))
+    kube.run("wait", "--for=condition=Established", *(f"crd/{c}" for c in CRDS), "--timeout=60s")
 
 
 @pytest.fixture(scope="module")
@@ -502,6 +502,7 @@ ALLOWED = [
     ("list", "clusterkopfpeerings.kopf.dev"),
     ("watch", "clusterkopfpeerings.kopf.dev"),
     ("patch", "clusterkopfpeerings.kopf.dev/wso2-operator"),
+    ("create", "clusterkopfpeerings.kopf.dev"),  # its own, at start-up, if missing
     # kopf's CRD watch.
     ("list", "customresourcedefinitions.apiextensions.k8s.io"),
     ("watch", "customresourcedefinitions.apiextensions.k8s.io"),
@@ -530,7 +531,6 @@ DENIED = [
     ("create", "customresourcedefinitions.apiextensions.k8s.io"),
     ("delete", "customresourcedefinitions.apiextensions.k8s.io"),
     ("patch", "clusterkopfpeerings.kopf.dev/some-other-operator"),
-    ("create", "clusterkopfpeerings.kopf.dev"),
     ("delete", "clusterkopfpeerings.kopf.dev/wso2-operator"),
     ("patch", "kopfpeerings.kopf.dev", "-n", "team-a"),  # namespaced peering: not with -A
     # Events: posted, never rewritten; the events.k8s.io API is not used.
@@ -575,27 +575,6 @@ def _http_get(url: str) -> tuple[int, str]:
         return 0, str(e)
 
 
-def _wait(what: str, pred: Callable[[], Any], timeout: float, on_fail: Callable[[], str]) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}\n{on_fail()}")
-
-
-def _ready_at(obj: Obj, version: str) -> bool:
-    st = obj.get("status") or {}
-    ready = [c for c in st.get("conditions", []) if c["type"] == "Ready"]
-    return (
-        st.get("observedGeneration") == obj["metadata"]["generation"]
-        and bool(ready)
-        and ready[0]["status"] == "True"
-        and st.get("currentVersion") == version
-    )
-
-
 @pytest.mark.timeout(300)
 def test_operator_runs_with_only_its_service_account(tmp_path: Path) -> None:
     """`kubectl apply -k`, then the operator on the Deployment's own args with the ServiceAccount's
@@ -634,6 +613,8 @@ def test_operator_runs_with_only_its_service_account(tmp_path: Path) -> None:
             log_path.open("wb") as log,
         ):
             ns = admin.new_namespace("sa")
+            # The operator must create its own peering object (the base has none).
+            admin.run("delete", "clusterkopfpeering", "wso2-operator", "--ignore-not-found")
             for doc in fleet_manifests(fleet.description, namespace=ns, version="1.0.0"):
                 admin.apply(doc)
             proc = subprocess.Popen(
@@ -650,13 +631,13 @@ def test_operator_runs_with_only_its_service_account(tmp_path: Path) -> None:
                     return admin.get_json("w2c", "wso2ei", "-n", ns)
 
                 healthz = f"http://127.0.0.1:{live_port}/healthz"
-                _wait("liveness", lambda: _http_get(healthz)[0] == 200, 60, logs)
-                _wait("Ready at 1.0.0", lambda: _ready_at(get(), "1.0.0"), 90, logs)
+                wait_for("liveness", lambda: _http_get(healthz)[0] == 200, 60, logs)
+                wait_for("Ready at 1.0.0", lambda: ready_at(get(), "1.0.0"), 90, logs)
                 admin.run(
                     "patch", "w2c", "wso2ei", "-n", ns, "--type=merge",
                     "-p", '{"spec": {"version": "2.0.0"}}',
                 )  # fmt: skip
-                _wait("Ready at 2.0.0", lambda: _ready_at(get(), "2.0.0"), 120, logs)
+                wait_for("Ready at 2.0.0", lambda: ready_at(get(), "2.0.0"), 120, logs)
 
                 code, metrics = _http_get(f"http://127.0.0.1:{metrics_port}/metrics")
                 assert code == 200 and "wso2_rollouts_started_total" in metrics
@@ -667,6 +648,7 @@ def test_operator_runs_with_only_its_service_account(tmp_path: Path) -> None:
                 assert {"NodeUpdateStarted", "RolloutSucceeded"} <= reasons, reasons
                 peering = admin.get_json("clusterkopfpeering", "wso2-operator")
                 assert len(peering.get("status") or {}) == 1, peering  # its own keep-alive
+                assert "created ClusterKopfPeering 'wso2-operator'" in logs()
             finally:
                 proc.terminate()
                 with contextlib.suppress(subprocess.TimeoutExpired):

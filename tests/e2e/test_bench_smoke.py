@@ -1,0 +1,64 @@
+"""CI smoke test of the benchmark harness: the operator run only, small and fast.
+
+It runs the very code `make bench` runs (bench.run.run_operator: fresh namespace, operator process,
+constant load through both LBs, 100 ms LB sampler, version patch) with fast node timings and a
+small load, and checks correctness only: no failed request, never more than one node out of
+rotation, every node at 2.0.0. Speed is the benchmark's business, never asserted here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bench.run import Kube as BenchKube
+from bench.run import Profile, RunOptions, run_operator
+from tests.conftest import Kube
+from wso2_sandbox.fleet import Fleet
+
+pytestmark = pytest.mark.e2e
+
+SMOKE = Profile(
+    "smoke",
+    boot_seconds=1.5,
+    ready_gap_seconds=0.5,
+    install_seconds=0.3,
+    rate=50.0,
+    long_fraction=0.10,
+    long_ms=(1000, 2000),
+)
+
+
+@pytest.fixture
+def smoke_fleet() -> Iterator[Fleet]:
+    with Fleet(SMOKE.fleet_config()) as fleet:
+        yield fleet
+
+
+@pytest.fixture
+def bench_kube(kube: Kube) -> Iterator[BenchKube]:
+    # `kube` (tests/conftest.py) is the session control plane with the CRD installed.
+    k = BenchKube(kube.kubeconfig)
+    try:
+        yield k
+    finally:
+        k.close()
+
+
+@pytest.mark.timeout(180)
+def test_operator_rollout_under_load_fails_no_request(
+    bench_kube: BenchKube, smoke_fleet: Fleet, tmp_path: Path
+) -> None:
+    opts = RunOptions(warmup=1.5, tail=0.5, rollout_timeout=90.0, artifacts=tmp_path / "run")
+    result = run_operator(bench_kube, smoke_fleet, SMOKE, opts)
+
+    detail = f"see {tmp_path / 'run'} (records, LB samples, operator.log)"
+    assert result.error is None, f"{result.error}; {detail}"
+    assert result.requests_total > 0.8 * SMOKE.rate * (opts.warmup + 5), detail
+    assert result.load["long_total"] > 0, "the load must include long requests"
+    assert result.requests_failed == 0, f"failures {result.load['failures']}; {detail}"
+    assert result.max_nodes_out == 1, f"max nodes out of rotation {result.max_nodes_out}; {detail}"
+    assert result.versions == {n.name: "2.0.0" for n in smoke_fleet.nodes}
+    assert result.rollout_seconds is not None, "the last node never came back UP on both LBs"
