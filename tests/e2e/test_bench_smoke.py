@@ -1,6 +1,6 @@
 """CI smoke test of the benchmark harness: the operator run only, small and fast.
 
-It runs the very code `make bench` runs (bench.run.run_operator: fresh namespace, operator process,
+It runs the very code `make bench` runs (bench.runs.run_operator: fresh namespace, operator process,
 constant load through both LBs, 100 ms LB sampler, version patch) with fast node timings and a
 small load, and checks correctness only: no failed request, never more than one node out of
 rotation, every node at 2.0.0. Speed is the benchmark's business, never asserted here.
@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.run import Kube as BenchKube
-from bench.run import Profile, RunOptions, run_operator
+from bench.kube import Kube as BenchKube
+from bench.profiles import Profile, RunOptions
+from bench.runs import run_operator
 from tests.conftest import Kube
 from wso2_sandbox.fleet import Fleet
 

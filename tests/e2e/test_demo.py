@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from wso2_sandbox import fleet_procs
-from wso2_sandbox.demo import sandbox_processes
+from wso2_sandbox.demo_sandbox import sandbox_processes
 
 pytestmark = pytest.mark.e2e
 

@@ -1,0 +1,189 @@
+"""The markdown report: results table, per-node breakdown, operator steps, targets, machine."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import re
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.paths import ANSIBLE_PLAYBOOK, REPO
+from bench.profiles import RunResult
+
+
+def machine_info() -> dict[str, Any]:
+    def first_line(argv: list[str]) -> str:
+        try:
+            p = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        except OSError as e:
+            return f"unavailable ({e})"
+        return (p.stdout or p.stderr).strip().splitlines()[0] if (p.stdout or p.stderr) else ""
+
+    model = ""
+    with contextlib.suppress(OSError):
+        m = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
+        model = m.group(1).strip() if m else ""
+    mem = ""
+    with contextlib.suppress(OSError):
+        m = re.search(r"^MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text(), re.M)
+        mem = f"{int(m.group(1)) / 1024 / 1024:.1f} GiB" if m else ""
+    commit = first_line(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
+    dirty = first_line(["git", "-C", str(REPO), "status", "--porcelain", "operator/wso2_operator"])
+    return {
+        "git_commit": commit + (" (operator/ has local changes)" if dirty else ""),
+        "nproc": os.cpu_count(),
+        "model_name": model,
+        "memory": mem,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "haproxy": first_line(["haproxy", "-v"]),
+        "openssh": first_line(["ssh", "-V"]),
+        "ansible": first_line([ANSIBLE_PLAYBOOK, "--version"]),
+        "loadavg_at_start": os.getloadavg(),
+    }
+
+
+def fmt_seconds(v: float | None, unit: str = " s") -> str:
+    return "—" if v is None else f"{v:.1f}{unit}"
+
+
+def table(results: Sequence[RunResult]) -> str:
+    head = (
+        "| run | profile | rollout wall time | requests total/failed | long requests cut "
+        "| max nodes out of rotation | decision → first drain | overhead vs physical limit "
+        "| peak RSS | LB check flaps |"
+    )
+    lines = [head, "|" + "---|" * 10]
+    for r in results:
+        if r.error and r.rollout_seconds is None:
+            lines.append(f"| {r.name} | {r.profile} | FAILED: {r.error[:60]} ||||||||")
+            continue
+        over = (
+            f"{r.overhead:.2f}x of {r.physical_limit_seconds:.1f} s"
+            if r.overhead and r.physical_limit_seconds
+            else "—"
+        )
+        rss = "—"
+        if r.peak_rss_kib:
+            rss = f"{r.peak_rss_kib / 1024:.0f} MiB" + (
+                "" if r.name == "operator" else " (ansible)"
+            )
+        lines.append(
+            f"| {r.name} | {r.profile} | {fmt_seconds(r.rollout_seconds)} "
+            f"| {r.requests_total}/{r.requests_failed} "
+            f"| {r.long_cut} of {r.load.get('long_total', 0)} | {r.max_nodes_out} "
+            f"| {fmt_seconds(r.decision_latency_seconds)} | {over} | {rss} | {_flaps(r)} |"
+        )
+    return "\n".join(lines)
+
+
+def _flaps(r: RunResult) -> str:
+    """Health-check DOWNs of nodes outside their own update (not the tool's doing)."""
+    total = sum(r.health_flaps.values())
+    if not total:
+        return "0"
+    return f"{total} ({', '.join(f'{n} x{c}' for n, c in sorted(r.health_flaps.items()))})"
+
+
+def breakdown(results: Sequence[RunResult]) -> str:
+    """Per node: where the wall time went (seconds), next to the physical terms."""
+    cols = [
+        "lead", "drain", "to_stop", "stop_to_install", "install", "install_to_start", "boot",
+        "ready_to_up",
+    ]  # fmt: skip
+    lines = [
+        "| run | profile | node | " + " | ".join(cols) + " | physical (drain+install+boot+0.5) |",
+        "|" + "---|" * (len(cols) + 4),
+    ]
+    for r in results:
+        for n in r.nodes:
+            if n.get("incomplete"):
+                lines.append(f"| {r.name} | {r.profile} | {n['node']} | (incomplete) |")
+                continue
+            tl, ph = n["timeline"], n["physical"]
+            cells = " | ".join("—" if tl[c] is None else f"{tl[c]:.2f}" for c in cols)
+            lines.append(
+                f"| {r.name} | {r.profile} | {n['node']} | {cells} | {ph['drain']:.2f}+"
+                f"{ph['install']:.2f}+{ph['boot']:.2f}+0.5 = {ph['total']:.2f} |"
+            )
+    return "\n".join(lines)
+
+
+def operator_steps(results: Sequence[RunResult]) -> str:
+    """The operator's own step timings (its Prometheus histograms): total seconds / count."""
+    runs = [r for r in results if r.extra.get("operator_metrics")]
+    if not runs:
+        return ""
+    keys = sorted({k for r in runs for k in r.extra["operator_metrics"] if k.endswith(":ok")})
+    lines = [
+        "| run | profile | " + " | ".join(k.rsplit(":", 1)[0] for k in keys) + " |",
+        "|" + "---|" * (len(keys) + 2),
+    ]
+    for r in runs:
+        m = r.extra["operator_metrics"]
+        cells = []
+        for k in keys:
+            v = m.get(k, {})
+            cells.append(f"{v.get('sum', 0):.2f} s / {v.get('count', 0):.0f}" if v else "—")
+        lines.append(f"| {r.name} | {r.profile} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def targets(results: Sequence[RunResult]) -> list[str]:
+    """The issue's targets, checked honestly (reported, never asserted)."""
+    out = []
+    ops = [r for r in results if r.name == "operator"]
+    for r in ops:
+        ok = r.requests_failed == 0 and r.error is None
+        out.append(
+            f"[{'met' if ok else 'MISSED'}] operator, {r.profile}: "
+            f"{r.requests_failed} failed requests (target 0)"
+        )
+        if r.overhead is not None:
+            out.append(
+                f"[{'met' if r.overhead <= 1.05 else 'MISSED'}] operator, {r.profile}: overhead "
+                f"{r.overhead:.3f}x physical limit (target ≤ 1.05x)"
+            )
+        seed = next((s for s in results if s.name == "seed" and s.profile == r.profile), None)
+        if seed and seed.rollout_seconds and r.rollout_seconds:
+            speedup = seed.rollout_seconds / r.rollout_seconds
+            out.append(
+                f"[{'met' if speedup >= 2 else 'MISSED'}] operator, {r.profile}: "
+                f"{speedup:.2f}x faster than the seed as written (target ≥ 2x)"
+            )
+    return out
+
+
+def print_report(results: Sequence[RunResult], machine: dict[str, Any]) -> None:
+    print(table(results))
+    print()
+    print(breakdown(results))
+    print()
+    steps = operator_steps(results)
+    if steps:
+        print("operator step time (its own histograms, total / count):")
+        print(steps)
+        print()
+    for line in targets(results):
+        print(line)
+    seeds = [r for r in results if r.name.startswith("seed")]
+    if seeds:
+        facts = ", ".join(
+            f"{r.name}/{r.profile} {r.extra.get('gather_facts_seconds', 0):.1f}s" for r in seeds
+        )
+        print(f"gather_facts cost (sum over the 3 serial batches): {facts}")
+    loads = ", ".join(
+        f"{r.name}/{r.profile} {r.extra.get('loadavg_1m_before', '?')}"
+        f"→{r.extra.get('loadavg_1m_after', '?')}"
+        for r in results
+    )
+    print(f"1-min load average before→after each run (nproc {machine.get('nproc')}): {loads}")
+    print(
+        f"\nmachine: {machine.get('nproc')} x {machine.get('model_name')}, "
+        f"{machine.get('memory')}; python {machine.get('python')}; {machine.get('haproxy')}; "
+        f"{machine.get('openssh')}; {machine.get('ansible')}"
+    )

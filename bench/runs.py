@@ -1,0 +1,226 @@
+"""One timed rollout under load: the operator's, or the seed play's."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from bench.analysis import CHECK_INTERVAL, finish_run, first_event
+from bench.kube import CLUSTER_NAME, Kube, OperatorProcess, cluster_done
+from bench.paths import ANSIBLE_PLAYBOOK, REPO, SEED_DIR
+from bench.profiles import FROM_VERSION, TO_VERSION, Profile, RunOptions, RunResult
+from bench.sampling import LBSampler, all_serving
+from wso2_sandbox.fleet import Fleet
+from wso2_sandbox.load import LoadGenerator, LoadThread, targets_from_fleet
+from wso2_sandbox.manifest import fleet_manifests
+
+
+@contextlib.contextmanager
+def _load_and_sampler(
+    fleet: Fleet, profile: Profile, opts: RunOptions
+) -> Iterator[tuple[LoadThread, LBSampler]]:
+    # Bounded even if the rollout hangs: warm-up + rollout deadline + tail, plus a margin.
+    cfg = profile.load_config(opts.warmup + opts.rollout_timeout + opts.tail + 60)
+    load = LoadThread(LoadGenerator(targets_from_fleet(fleet.description), cfg))
+    sampler = LBSampler(fleet.lbs)
+    with sampler:
+        load.start()
+        try:
+            yield load, sampler
+        finally:
+            with contextlib.suppress(Exception):
+                load.stop()
+
+
+def _log_dir(log_dir: Path | None, opts: RunOptions, prefix: str) -> Path:
+    """The caller's log directory, else the run's artifacts directory, else a fresh temp one."""
+    log_dir = log_dir or opts.artifacts or Path(tempfile.mkdtemp(prefix=prefix))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    return log_dir
+
+
+def run_operator(
+    kube: Kube,
+    fleet: Fleet,
+    profile: Profile,
+    opts: RunOptions | None = None,
+    *,
+    name: str = "operator",
+    log_dir: Path | None = None,
+) -> RunResult:
+    """The operator rolls `fleet` from 1.0.0 to 2.0.0 under load. `fleet` must be started."""
+    opts = opts or RunOptions()
+    log_dir = _log_dir(log_dir, opts, "bench-op-")
+    ns = kube.new_namespace(f"bench-{profile.name}")
+    result = RunResult(name=name, profile=profile.name, peak_rss_of="operator VmHWM")
+    result.extra["namespace"] = ns
+    kube.apply(
+        fleet_manifests(fleet.description, name=CLUSTER_NAME, namespace=ns, version=FROM_VERSION),
+        ns,
+    )
+    op = OperatorProcess(
+        kube.kubeconfig,
+        ns,
+        log_dir / "operator.log",
+        profile_path=(log_dir / "operator-pyinstrument.txt") if opts.pyinstrument else None,
+        metrics_port=_free_port(),
+    )
+    op.start()
+    phases: list[dict[str, Any]] = []
+    try:
+        t_start = time.monotonic()
+        kube.wait_cluster(ns, cluster_done, 90, "initial Ready", diagnose=op.log_tail)
+        result.extra["operator_ready_after_start_seconds"] = round(time.monotonic() - t_start, 2)
+        with _load_and_sampler(fleet, profile, opts) as (load, sampler):
+            time.sleep(opts.warmup)
+            t0 = time.time()
+            kube.patch_version(ns, TO_VERSION)
+            kube.wait_cluster(
+                ns,
+                lambda o: cluster_done(o, TO_VERSION),
+                opts.rollout_timeout,
+                f"Ready at {TO_VERSION}",
+                poll=0.25,
+                diagnose=op.log_tail,
+                timeline=phases,
+            )
+            t_done = time.time()
+            n = len(fleet.lbs)
+            sampler.wait(lambda s: all_serving(s, n), 30, after=t_done)
+            time.sleep(opts.tail)
+            records = load.stop()
+        result.done_seconds = round(t_done - t0, 3)
+        result.peak_rss_kib = op.peak_rss_kib()
+        result.extra["operator_metrics"] = op.step_metrics()
+        result.extra["phase_timeline"] = [
+            {"t": round(p["t"] - t0, 3), "phases": p["phases"]} for p in phases
+        ]
+        if not op.alive():
+            result.error = f"operator exited with {op.proc.returncode if op.proc else '?'}"
+    finally:
+        with contextlib.suppress(Exception):
+            result.peak_rss_kib = result.peak_rss_kib or op.peak_rss_kib()
+        op.stop()
+    return finish_run(result, t0=t0, fleet=fleet, sampler=sampler, records=records, opts=opts)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def render_inventory(description: dict[str, Any]) -> str:
+    import jinja2  # an Ansible dependency (the bench extra), so only needed for seed runs
+
+    template = jinja2.Template((SEED_DIR / "inventory.yml.j2").read_text(), autoescape=False)
+    return template.render(**description)
+
+
+def _profile_tasks(text: str) -> list[tuple[str, float]]:
+    """(task, seconds) from the profile_tasks recap at the end of an ansible-playbook run."""
+    recap = text.rsplit("TASKS RECAP", 1)[-1]
+    out = []
+    for line in recap.splitlines():
+        m = re.match(r"^(?P<name>\S.*?) -{3,} (?P<s>\d+(?:\.\d+)?)s\s*$", line.strip())
+        if m and not m.group("name").startswith("/"):
+            out.append((m.group("name"), float(m.group("s"))))
+    return out
+
+
+def _wait4(pid: int, timeout: float) -> tuple[int, int]:
+    """(exit code, ru_maxrss KiB) of a child, which is killed at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        wpid, status, ru = os.wait4(pid, os.WNOHANG)
+        if wpid == pid:
+            return os.waitstatus_to_exitcode(status), ru.ru_maxrss
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            _, status, ru = os.wait4(pid, 0)
+            return -9, ru.ru_maxrss
+        time.sleep(0.05)
+
+
+def run_seed(
+    fleet: Fleet,
+    profile: Profile,
+    opts: RunOptions | None = None,
+    *,
+    delay: int = 20,
+    name: str = "seed",
+    log_dir: Path | None = None,
+) -> RunResult:
+    """The seed's play rolls `fleet` from 1.0.0 to 2.0.0 under load."""
+    opts = opts or RunOptions()
+    log_dir = _log_dir(log_dir, opts, "bench-seed-")
+    inventory = log_dir / "inventory.yml"
+    inventory.write_text(render_inventory(fleet.description))
+    result = RunResult(name=name, profile=profile.name, peak_rss_of="ansible (largest process)")
+    env = {
+        **os.environ,
+        "ANSIBLE_CONFIG": str(SEED_DIR / "ansible.cfg"),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_FORCE_COLOR": "0",
+    }
+    argv = [
+        ANSIBLE_PLAYBOOK,
+        "-i", str(inventory),
+        str(SEED_DIR / "rolling-update.yml"),
+        "-e", f"wso2_target_version={TO_VERSION}",
+        "-e", f"seed_wait_delay={delay}",
+    ]  # fmt: skip
+    log_path = log_dir / "ansible.log"
+    with _load_and_sampler(fleet, profile, opts) as (load, sampler):
+        time.sleep(opts.warmup)
+        t0 = time.time()
+        with log_path.open("wb") as out:
+            proc = subprocess.Popen(
+                argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO,
+                start_new_session=True,
+            )  # fmt: skip
+        rc, maxrss = _wait4(proc.pid, opts.rollout_timeout)
+        proc.returncode = rc  # reaped by wait4 above; tell Popen so it does not wait again
+        t_done = time.time()
+
+        # The play may end before the last node is really back: with delay 0 it enables a node
+        # that is not ready yet, the LB marks it DOWN, and it only returns once ready.
+        def last_ready() -> float | None:
+            ts = [first_event(n.events(), "ready", t0, TO_VERSION) for n in fleet.nodes]
+            return None if None in ts else max(t for t in ts if t is not None)
+
+        deadline = time.monotonic() + 60
+        while (rd := last_ready()) is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if rd is not None:
+            n = len(fleet.lbs)
+            with contextlib.suppress(TimeoutError):
+                sampler.wait(
+                    lambda s: all_serving(s, n), 30, after=max(t_done, rd + 2 * CHECK_INTERVAL)
+                )
+        time.sleep(opts.tail)
+        records = load.stop()
+    text = log_path.read_text(errors="replace")
+    tasks = _profile_tasks(text)
+    result.done_seconds = round(t_done - t0, 3)
+    result.peak_rss_kib = maxrss
+    result.extra.update(
+        ansible_rc=rc,
+        wait_for_delay=delay,
+        gather_facts_seconds=round(sum(s for n, s in tasks if n == "Gathering Facts"), 2),
+        ansible_tasks=tasks,
+    )
+    if rc != 0:
+        result.error = f"ansible-playbook exited {rc}; see {log_path}"
+    return finish_run(result, t0=t0, fleet=fleet, sampler=sampler, records=records, opts=opts)

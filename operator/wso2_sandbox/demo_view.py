@@ -1,0 +1,327 @@
+"""What the demo shows: step lines, the live table on a terminal, one line per change otherwise."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from wso2_sandbox.demo_kube import NAME, NAMESPACE, condition
+
+# --------------------------------------------------------------------- output
+
+
+class Out:
+    """Where progress goes: rich on a terminal, plain flushed lines otherwise (CI logs).
+
+    Output never raises: a closed terminal or a reader that went away (`make demo | head`) must
+    not stop the teardown. After the first failed write, output goes to /dev/null.
+    """
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.console = Console(file=stream, highlight=False)
+        self.tty = self.console.is_terminal
+        self.t_start = time.monotonic()
+        self.broken = False
+
+    def guard(self, write: Callable[[], object]) -> None:
+        """Run one write; on an I/O error, stop writing for good."""
+        if self.broken:
+            return
+        try:
+            write()
+        except OSError:  # EIO from a closed terminal, EPIPE from a closed pipe
+            self.broken = True
+            # What Python's docs advise for EPIPE: point stdout at devnull so that the
+            # interpreter's own flush at exit does not fail again.
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+    def line(self, markup: str) -> None:
+        """One progress line; `markup` is rich markup, plain text off a terminal."""
+        if self.tty:
+            self.guard(lambda: self.console.print(markup))
+        else:
+            self.guard(lambda: print(Text.from_markup(markup).plain, flush=True))
+
+    def raw(self, text: str) -> None:
+        """Text printed as is (kubectl output: its brackets are not markup)."""
+        if self.tty:
+            self.guard(lambda: self.console.print(Text(text)))
+        else:
+            self.guard(lambda: print(text, flush=True))
+
+    def step(self, markup: str) -> None:
+        self.line(f"[dim]{time.monotonic() - self.t_start:6.1f}s[/dim]  {markup}")
+
+
+def rel_path(p: Path) -> str:
+    """`p` relative to the current directory when it is below it: shorter lines to read."""
+    # No resolve(): .venv/bin/python must stay itself, not become the interpreter it links to.
+    a = Path(os.path.abspath(p))
+    try:
+        return str(a.relative_to(Path.cwd()))
+    except ValueError:
+        return str(a)
+
+
+# --------------------------------------------------------------------- frames and views
+
+
+@dataclass
+class NodeLine:
+    name: str
+    version: str
+    phase: str
+    live: dict[str, tuple[str, int] | None]  # lb -> (status, sessions) from the admin socket
+    reported: dict[str, str]  # lb -> status.nodes[].loadBalancers[lb]
+    message: str
+
+    def key(self) -> tuple[Any, ...]:
+        # What counts as a change in line mode (sessions move every request: not a change).
+        live = tuple((lb, v[0] if v else "?") for lb, v in self.live.items())
+        return (self.version, self.phase, live, tuple(self.reported.items()), self.message)
+
+
+@dataclass
+class Frame:
+    elapsed: float
+    timeout: float
+    phase: str
+    ready: dict[str, Any]
+    desired: str
+    updated: str
+    ready_count: str
+    nodes: list[NodeLine]
+    counters: dict[str, Any]
+    max_out: int
+    lb_names: list[str]
+    generation: int | None = None
+    observed: int | None = None  # status.observedGeneration: has the operator seen the patch?
+    rollout_seconds: float | None = None  # first Ready for the new generation, after the patch
+    flaps: int = 0  # times Ready went back to False after that
+    done: bool = False
+
+
+def build_frame(
+    obj: Mapping[str, Any],
+    live: Mapping[str, Mapping[str, tuple[str, int]] | None],
+    counters: dict[str, Any],
+    *,
+    elapsed: float,
+    timeout: float,
+    lb_names: Sequence[str],
+    node_names: Sequence[str],
+    max_out: int,
+) -> Frame:
+    st = obj.get("status") or {}
+    rows = {r.get("name"): r for r in st.get("nodes") or []}
+    nodes = []
+    for name in node_names:
+        r = rows.get(name, {})
+        phase = r.get("phase", "")
+        if phase == "Provisioning" and r.get("step") is not None:
+            phase = f"Provisioning {int(r['step']) + 1}"  # the command it is on, 1-based
+        nodes.append(
+            NodeLine(
+                name=name,
+                version=r.get("version", ""),
+                phase=phase,
+                live={
+                    lb: (servers or {}).get(name) if servers is not None else None
+                    for lb, servers in ((lb, live.get(lb)) for lb in lb_names)
+                },
+                reported={lb: (r.get("loadBalancers") or {}).get(lb, "") for lb in lb_names},
+                message=r.get("message", ""),
+            )
+        )
+    return Frame(
+        elapsed=elapsed,
+        timeout=timeout,
+        phase=st.get("phase", ""),
+        ready=condition(obj, "Ready"),
+        desired=(obj.get("spec") or {}).get("version", ""),
+        updated=st.get("updated", ""),
+        ready_count=st.get("ready", ""),
+        nodes=nodes,
+        counters=counters,
+        max_out=max_out,
+        lb_names=list(lb_names),
+        generation=(obj.get("metadata") or {}).get("generation"),
+        observed=st.get("observedGeneration"),
+    )
+
+
+PHASE_STYLE = {
+    "Current": "green",
+    "Outdated": "dim",
+    "Draining": "yellow",
+    "Soaking": "blue",
+    "Failed": "bold red",
+    "Unknown": "red",
+}
+LB_STYLE = {"UP": "green", "DRAIN": "yellow", "MAINT": "magenta", "DOWN": "red"}
+
+
+def _lb_style(status: str) -> str:
+    return LB_STYLE.get(status.split(" ", 1)[0], "red" if status == "Unreachable" else "")
+
+
+def render(frame: Frame) -> Group:
+    """The live screen: cluster line, node table, request counters."""
+    ready = frame.ready
+    ready_style = "green" if ready.get("status") == "True" else "yellow"
+    head = Text.assemble(
+        ("WSO2Cluster ", "bold"),
+        (f"{NAMESPACE}/{NAME}", "bold cyan"),
+        f"   spec.version {frame.desired}   phase ",
+        (frame.phase or "-", "bold " + PHASE_STYLE.get(frame.phase, "cyan")),
+        "   Ready ",
+        (ready.get("status", "-"), ready_style),
+        f" ({ready.get('reason', '')})" if ready.get("reason") else "",
+        f"   updated {frame.updated or '-'}   ready {frame.ready_count or '-'}",
+    )
+    clock = Text.assemble(
+        ("elapsed ", "dim"),
+        (f"{frame.elapsed:5.1f} s", "bold"),
+        (f" since the patch (timeout {frame.timeout:.0f} s)", "dim"),
+        # Until observedGeneration catches up, Ready still describes the old spec.
+        f"   generation {frame.generation or '-'}, observed {frame.observed or '-'}",
+    )
+    if frame.rollout_seconds is not None:
+        clock.append(f"   rolled out in {frame.rollout_seconds:.1f} s", "bold green")
+    if frame.flaps:
+        clock.append(f"   Ready went back to False {frame.flaps}x since", "bold yellow")
+    if ready.get("message"):
+        clock.append(f"   {ready['message']}", "dim")
+
+    table = Table(header_style="bold")
+    table.add_column("node")
+    table.add_column("version")
+    table.add_column("phase", min_width=15)
+    for lb in frame.lb_names:
+        table.add_column(f"{lb} socket", min_width=9)
+    for lb in frame.lb_names:
+        table.add_column(f"{lb} in CR", min_width=8)
+    table.add_column("message", overflow="fold", max_width=60)
+    for n in frame.nodes:
+        cells: list[Text | str] = [
+            n.name,
+            Text(n.version, "green" if n.version == frame.desired else ""),
+            Text(n.phase, PHASE_STYLE.get(n.phase, "cyan")),
+        ]
+        for lb in frame.lb_names:
+            v = n.live.get(lb)
+            if v is None:
+                cells.append(Text("?", "red"))
+            else:
+                status, sessions = v
+                cell = Text(status, _lb_style(status))
+                if sessions:
+                    cell.append(f" {sessions}", "dim")  # requests the LB has on it right now
+                cells.append(cell)
+        for lb in frame.lb_names:
+            status = n.reported.get(lb, "")
+            cells.append(Text(status, _lb_style(status)))
+        cells.append(Text(n.message, "dim"))
+        table.add_row(*cells)
+
+    c = frame.counters
+    counters = Text.assemble(
+        ("requests ", "bold"),
+        f"sent {c.get('sent', 0)}   ok ",
+        (str(c.get("ok", 0)), "green"),
+        "   failed ",
+        (str(c.get("failed", 0)), "bold red" if c.get("failed") else "green"),
+        f"   in flight {c.get('in_flight', 0)}   long cut ",
+        (str(c.get("long_failed", 0)), "bold red" if c.get("long_failed") else "green"),
+        f"   max nodes out of rotation {frame.max_out}",
+    )
+    if c.get("failures"):
+        counters.append(f"   {c['failures']}", "red")
+    legend = Text(
+        "socket: HAProxy's own state from its admin socket (+ requests on the server now); "
+        "in CR: status.nodes[].loadBalancers as the operator last wrote it",
+        "dim",
+    )
+    return Group(head, clock, table, counters, legend)
+
+
+class LiveView:
+    """A table that updates in place (rich.live), for a terminal."""
+
+    def __init__(self, out: Out) -> None:
+        self.out = out
+        self._live = Live(console=out.console, auto_refresh=False, transient=False)
+        out.guard(self._live.start)
+
+    def update(self, frame: Frame) -> None:
+        # refresh=True here, at our own 4 Hz: no refresh thread racing the signal handlers.
+        self.out.guard(lambda: self._live.update(render(frame), refresh=True))
+
+    def close(self) -> None:
+        self.out.guard(self._live.stop)  # leaves the last frame on the screen
+
+
+class LineView:
+    """One line per change, for logs: node rows, the cluster's phase, counters every 5 s."""
+
+    COUNTER_EVERY = 5.0
+
+    def __init__(self, out: Out) -> None:
+        self.out = out
+        self._nodes: dict[str, tuple[Any, ...]] = {}
+        self._cluster: tuple[Any, ...] = ()
+        self._next_counters = 0.0
+
+    def update(self, frame: Frame) -> None:
+        ts = f"[+{frame.elapsed:5.1f}s]"
+        r = frame.ready
+        cluster = (
+            frame.phase,
+            r.get("status"),
+            r.get("reason"),
+            frame.updated,
+            frame.ready_count,
+            frame.observed,
+        )
+        if cluster != self._cluster:
+            self._cluster = cluster
+            self.out.raw(
+                f"{ts} cluster {frame.phase or '-'}  Ready={r.get('status', '-')}"
+                f" ({r.get('reason', '')})  updated {frame.updated or '-'}"
+                f"  ready {frame.ready_count or '-'}"
+                f"  generation {frame.generation or '-'} (observed {frame.observed or '-'})"
+            )
+        for n in frame.nodes:
+            if self._nodes.get(n.name) != n.key():
+                self._nodes[n.name] = n.key()
+                socket = " ".join(f"{lb}={v[0] if v else '?'}" for lb, v in n.live.items())
+                cr = " ".join(f"{lb}={s or '-'}" for lb, s in n.reported.items())
+                self.out.raw(
+                    f"{ts} {n.name} {n.version or '-':<6} {n.phase or '-':<15}"
+                    f" socket[{socket}] cr[{cr}] {n.message}"
+                )
+        if frame.elapsed >= self._next_counters or frame.done:
+            self._next_counters = frame.elapsed + self.COUNTER_EVERY
+            self.out.raw(f"{ts} {_counter_text(frame.counters)}")
+
+    def close(self) -> None:
+        pass
+
+
+def _counter_text(c: Mapping[str, Any]) -> str:
+    return (
+        f"requests: sent {c.get('sent', 0)}, ok {c.get('ok', 0)}, failed {c.get('failed', 0)}, "
+        f"in flight {c.get('in_flight', 0)}, long cut {c.get('long_failed', 0)}"
+    )
