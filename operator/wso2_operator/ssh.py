@@ -96,15 +96,16 @@ class CommandResult:
 # up to 9.1 (Debian 12) has a start-up race in which a TERM arriving around its fork() makes
 # `timeout` exit while the freshly forked command survives (seen here when a channel closes
 # within milliseconds). Once fired, the watchdog ignores TERM and the wrapper waits for it, so
-# the channel closes only after the clean-up. Without all this, a timed-out `sleep 30` keeps its
-# sshd session slot (MaxSessions) until it exits. The remote `timeout` itself is the backstop.
+# the channel closes only after the clean-up; the shell's "Terminated" report of the watchdog
+# goes to /dev/null, not into the command's stderr. Without all this, a timed-out `sleep 30`
+# keeps its sshd session slot (MaxSessions) until it exits. The remote `timeout` itself is the backstop.
 _WRAPPER = (
     "exec 3<&0 </dev/null; "
     'timeout -k {kill_after} {limit} sh -c "$1" 3<&- & p=$!; '
     "( while read -r _ <&3; do :; done; trap '' TERM; "
     'kill -s TERM "$p"; kill -s TERM -- "-$p"; sleep 0.1; kill -s TERM -- "-$p" '
     ") >/dev/null 2>&1 & w=$!; "
-    'wait "$p"; rc=$?; kill "$w" 2>/dev/null; wait "$w"; exit "$rc"'
+    'wait "$p"; rc=$?; {{ kill "$w"; wait "$w"; }} 2>/dev/null; exit "$rc"'
 )
 
 
