@@ -98,7 +98,8 @@ class CommandResult:
 # within milliseconds). Once fired, the watchdog ignores TERM and the wrapper waits for it, so
 # the channel closes only after the clean-up; the shell's "Terminated" report of the watchdog
 # goes to /dev/null, not into the command's stderr. Without all this, a timed-out `sleep 30`
-# keeps its sshd session slot (MaxSessions) until it exits. The remote `timeout` itself is the backstop.
+# keeps its sshd session slot (MaxSessions) until it exits. The remote `timeout` itself is the
+# backstop.
 _WRAPPER = (
     "exec 3<&0 </dev/null; "
     'timeout -k {kill_after} {limit} sh -c "$1" 3<&- & p=$!; '
