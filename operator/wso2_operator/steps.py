@@ -120,11 +120,17 @@ async def run_step(
             raise StepFailed("ReenableTimeout", f"{name}: {e}") from None
         return p.to(Phase.SOAKING, now(), f"{name}: UP on every LB; soaking")
     if step.kind == StepKind.SOAK:
-        return await soak(a, spec, name, p)
+        return await soak(a, observed, spec, name, p)
     raise AssertionError(step)
 
 
-async def soak(a: Adapters, spec: ClusterSpec, name: str, p: NodeProgress) -> NodeProgress:
+async def soak(
+    a: Adapters,
+    observed: dict[str, NodeObservation],
+    spec: ClusterSpec,
+    name: str,
+    p: NodeProgress,
+) -> NodeProgress:
     """Stay UP on every LB and healthy for minReadySeconds, or fail."""
     node = spec.node(name)
     end = (p.since or time.time()) + spec.min_ready_seconds
@@ -143,6 +149,9 @@ async def soak(a: Adapters, spec: ClusterSpec, name: str, p: NodeProgress) -> No
         if time.time() >= end:
             break
         await asyncio.sleep(min(1.0, max(0.05, end - time.time())))
+    # What soak just proved is the freshest observation: without it the status written with
+    # "Current" would still show the node out of rotation (ready 2/3) until the next observation.
+    observed[name] = replace(observed.get(name, NodeObservation()), lb=dict(states), healthy=True)
     return NodeProgress(
         phase=Phase.CURRENT,
         since=time.time(),
