@@ -130,7 +130,17 @@ def ensure_peering(name: str, scope: str) -> list[str]:
 
 
 def event(body: Mapping[str, Any], reason: str, message: str, warning: bool = False) -> None:
-    """A Kubernetes Event on the WSO2Cluster, posted in the background by kopf."""
+    """A Kubernetes Event on the WSO2Cluster, posted in the background by kopf, and a log line:
+    an operator's log should tell what it did without `kubectl get events`."""
+    meta = body.get("metadata") or {}
+    log.log(
+        logging.WARNING if warning else logging.INFO,
+        "[%s/%s] %s: %s",
+        meta.get("namespace"),
+        meta.get("name"),
+        reason,
+        message,
+    )
     try:
         if warning:
             kopf.warn(body, reason=reason, message=message)

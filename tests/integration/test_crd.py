@@ -328,6 +328,40 @@ INVALID: list[tuple[str, Mutation, list[str]]] = [
         ["spec.loadBalancers.hosts[0].address", "should match"],
     ),
     (
+        "lb-address-port-70000",
+        _lb(address="10.0.0.1:70000"),
+        ["spec.loadBalancers.hosts[0].address", "a port from 1 to 65535"],
+    ),
+    (
+        "lb-address-port-0",
+        _lb(address="10.0.0.1:0"),
+        ["spec.loadBalancers.hosts[0].address", "a port from 1 to 65535"],
+    ),
+    (
+        "lb-address-ipv6-without-brackets",
+        _lb(address="fd00::1:9999"),
+        ["spec.loadBalancers.hosts[0].address", "IPv6 address in brackets"],
+    ),
+    (
+        "lb-duplicate-address",
+        lambda s: s["loadBalancers"].update(
+            hosts=[{"name": n, "address": "10.0.0.5:9999"} for n in ("lb1", "lb2")]
+        ),
+        ["spec.loadBalancers.hosts", "must not have the same address"],
+    ),
+    (
+        "lb-duplicate-socket-on-host",
+        lambda s: s["loadBalancers"].update(
+            hosts=[{"name": n, "host": "lb.example", "socket": "/run/stats"} for n in ("a", "b")]
+        ),
+        ["spec.loadBalancers.hosts", "must not name the same socket on the same host"],
+    ),
+    (
+        "progress-deadline-below-drain-timeout",
+        _set("update.progressDeadlineSeconds", 10),
+        ["spec.update.progressDeadlineSeconds", "must be longer than drainTimeoutSeconds"],
+    ),
+    (
         "lb-duplicate-names",
         lambda s: s["loadBalancers"]["hosts"].append({"name": "lb1", "address": "10.0.0.8:1"}),
         ["spec.loadBalancers.hosts[1]", "Duplicate value", '"name":"lb1"'],
@@ -510,6 +544,13 @@ VALID: list[tuple[str, Mutation]] = [
         _lb(host="lb1.example", sshPort=2222, socket="/var/lib/haproxy/stats"),
     ),
     ("lb-ipv6-address", _lb(address="[fd00::9]:9999")),
+    ("lb-address-port-65535", _lb(address="haproxy-admin.example:65535")),
+    (
+        "same-socket-on-two-hosts",
+        lambda s: s["loadBalancers"].update(
+            hosts=[{"name": n, "host": f"{n}.example", "socket": "/run/stats"} for n in ("a", "b")]
+        ),
+    ),
     ("version-with-plus", _set("version", "6.6.0+update42")),
     ("rollback-policy", _set("update.failurePolicy", "Rollback")),
     ("health-period-fraction", _set("healthCheck.periodSeconds", 0.1)),
