@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from wso2_sandbox.fleet import LBHandle
+from wso2_sandbox.fleet_handles import LBHandle
 
 SAMPLE_INTERVAL = 0.1
 

@@ -61,7 +61,7 @@ class Adapters:
     """SSH executor, LB pool and health checker for one cluster's credentials and LBs."""
 
     def __init__(self, spec: ClusterSpec, key: bytes, known_hosts: str) -> None:
-        from .haproxy import build_lb_pool
+        from .haproxy_pool import build_lb_pool
         from .ssh import SSHCredentials, SSHExecutor
 
         self.ssh = SSHExecutor(

@@ -28,7 +28,7 @@ from .model import (
     RolloutState,
 )
 
-# Normalised per-LB server states (see haproxy.normalize_status).
+# Normalised per-LB server states (see adapters.normalize_lb_state).
 UP, DOWN, DRAIN, MAINT, NOLB = "UP", "DOWN", "DRAIN", "MAINT", "NOLB"
 UNREACHABLE, MISSING = "Unreachable", "Missing"
 

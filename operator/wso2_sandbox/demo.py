@@ -52,7 +52,7 @@ from wso2_sandbox.demo_sandbox import (
     down,
 )
 from wso2_sandbox.demo_view import LineView, LiveView, Out, build_frame, rel_path
-from wso2_sandbox.fleet import FleetError
+from wso2_sandbox.fleet_handles import FleetError
 from wso2_sandbox.load import LoadConfig, LoadGenerator, LoadThread, targets_from_fleet
 
 REFRESH = 0.25  # seconds between frames: 4 per second

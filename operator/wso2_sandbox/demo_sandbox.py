@@ -33,7 +33,8 @@ from wso2_sandbox.demo_kube import (
     rolled_out,
 )
 from wso2_sandbox.demo_view import Out, rel_path
-from wso2_sandbox.fleet import Fleet, FleetConfig, FleetError, LBHandle
+from wso2_sandbox.fleet import Fleet, FleetConfig
+from wso2_sandbox.fleet_handles import FleetError, LBHandle
 from wso2_sandbox.manifest import fleet_manifests
 
 REPO = Path(__file__).resolve().parents[2]

@@ -14,7 +14,6 @@ master-worker mode with admin sockets, plus its own sshd so the socket can be re
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import contextlib
 import errno
@@ -31,13 +30,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from wso2_sandbox import fleet_procs
 from wso2_sandbox.fleet_files import BACKEND, haproxy_config, sshd_config, wso2ctl_script
+from wso2_sandbox.fleet_handles import FleetError, LBHandle, NodeHandle, write_atomic
 
 SSHD = "/usr/sbin/sshd"
 SSH_KEYGEN = "/usr/bin/ssh-keygen"
@@ -55,10 +55,6 @@ STANDIN_SOURCE = Path(__file__).with_name("standin.py")
 KEEP_ENV = "W2F_KEEP"
 
 
-class FleetError(RuntimeError):
-    """The fleet could not be started or stopped cleanly."""
-
-
 @dataclass
 class FleetConfig:
     nodes: int = 3
@@ -69,158 +65,6 @@ class FleetConfig:
     install_seconds: float = 0.5
     tcp_admin_lbs: tuple[int, ...] = ()  # indexes of LBs that also expose a TCP admin socket
     base_dir: str | None = None
-
-
-@dataclass
-class NodeHandle:
-    """One VM node. Reads and writes its files directly (the test's view of the VM's disk)."""
-
-    name: str
-    host: str
-    ssh_port: int
-    http_port: int
-    dir: str
-
-    def _path(self, *parts: str) -> Path:
-        return Path(self.dir, *parts)
-
-    def events(self) -> list[dict[str, Any]]:
-        """The node's event log, oldest first."""
-        try:
-            text = self._path("log", "events.jsonl").read_text()
-        except FileNotFoundError:
-            return []
-        out = []
-        for line in text.splitlines():
-            with contextlib.suppress(ValueError):
-                out.append(json.loads(line))
-        return out
-
-    def installed_version(self) -> str:
-        try:
-            return self._path("opt", "VERSION").read_text().strip()
-        except FileNotFoundError:
-            return ""
-
-    def install_count(self) -> int:
-        try:
-            return int(self._path("log", "installs.count").read_text().strip() or 0)
-        except (FileNotFoundError, ValueError):
-            return 0
-
-    def set_fail_install(self, versions: Iterable[str]) -> None:
-        """Make `wso2ctl install` fail for these versions (an empty list clears it)."""
-        _write_atomic(self._path("etc", "fail-install"), "".join(f"{v}\n" for v in versions))
-
-    def set_timing(
-        self,
-        boot_seconds: float | None = None,
-        ready_gap_seconds: float | None = None,
-        install_seconds: float | None = None,
-    ) -> None:
-        """Change the timing used by the next install / start on this node."""
-        path = self._path("etc", "standin.json")
-        cfg = json.loads(path.read_text())
-        for key, value in (
-            ("boot_seconds", boot_seconds),
-            ("ready_gap_seconds", ready_gap_seconds),
-            ("install_seconds", install_seconds),
-        ):
-            if value is not None:
-                cfg[key] = float(value)
-        _write_atomic(path, json.dumps(cfg, indent=2) + "\n")
-
-    def timing(self) -> dict[str, float]:
-        return json.loads(self._path("etc", "standin.json").read_text())
-
-    def standin_pid(self) -> int | None:
-        """Pid of the running stand-in, or None."""
-        try:
-            pid = int(self._path("run", "standin.pid").read_text().strip())
-        except (FileNotFoundError, ValueError):
-            return None
-        return pid if fleet_procs.is_alive(pid) else None
-
-    def url(self, path: str = "/") -> str:
-        return f"http://{self.host}:{self.http_port}{path}"
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "host": self.host,
-            "ssh_port": self.ssh_port,
-            "http_port": self.http_port,
-            "dir": self.dir,
-        }
-
-
-@dataclass
-class LBHandle:
-    """One HAProxy LB host."""
-
-    name: str
-    host: str
-    ssh_port: int
-    frontend: tuple[str, int]
-    socket: str
-    operator_socket: str
-    tcp_admin: tuple[str, int] | None
-    dir: str
-    backend: str = BACKEND
-
-    def url(self, path: str = "/") -> str:
-        return f"http://{self.frontend[0]}:{self.frontend[1]}{path}"
-
-    def command(self, line: str, timeout: float = 5.0) -> str:
-        """Send one command to the local admin socket and return HAProxy's raw reply."""
-        return socket_command(self.socket, line, timeout)
-
-    def servers(self) -> dict[str, dict[str, str]]:
-        """`show stat` rows of the backend's servers, by server name."""
-        return {
-            row["svname"]: row for row in parse_stat(self.command(f"show stat {self.backend} 4 -1"))
-        }
-
-    def worker_pid(self) -> int:
-        """Pid of the HAProxy worker currently answering the admin socket."""
-        m = re.search(r"^Pid: (\d+)$", self.command("show info"), re.M)
-        if not m:
-            raise FleetError(f"{self.name}: no Pid in 'show info'")
-        return int(m.group(1))
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "host": self.host,
-            "ssh_port": self.ssh_port,
-            "frontend": f"{self.frontend[0]}:{self.frontend[1]}",
-            "socket": self.socket,
-            "operator_socket": self.operator_socket,
-            "tcp_admin": f"{self.tcp_admin[0]}:{self.tcp_admin[1]}" if self.tcp_admin else None,
-            "backend": self.backend,
-            "dir": self.dir,
-        }
-
-
-def socket_command(path: str, line: str, timeout: float = 5.0) -> str:
-    """One command on a HAProxy unix stats socket (non-interactive: HAProxy closes after reply)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        s.connect(path)
-        s.sendall(line.encode() + b"\n")
-        chunks = []
-        while chunk := s.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks).decode(errors="replace")
-
-
-def parse_stat(text: str) -> list[dict[str, str]]:
-    """Parse `show stat` CSV by its header names (column positions change between versions)."""
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    if not lines or not lines[0].startswith("# "):
-        raise FleetError(f"unexpected 'show stat' reply: {text[:200]!r}")
-    header = lines[0][2:].split(",")
-    return [dict(zip(header, ln.split(","), strict=False)) for ln in lines[1:]]
 
 
 class Fleet:
@@ -676,7 +520,7 @@ class Fleet:
         _poll("every LB to see every server UP", lbs_steady, START_TIMEOUT, self._check_children)
 
     def _write_description(self) -> None:
-        _write_atomic(
+        write_atomic(
             Path(self.base_dir, "fleet.json"), json.dumps(self.description, indent=2) + "\n"
         )
 
@@ -713,12 +557,6 @@ class Fleet:
 
 
 # --------------------------------------------------------------------- helpers
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _tail(path: str, n: int = 2000) -> str:
@@ -820,90 +658,8 @@ def _ssh_banner(host: str, port: int) -> bool:
         return False
 
 
-# --------------------------------------------------------------------- CLI
-
-
-def _cmd_up(args: argparse.Namespace) -> int:
-    base = os.path.realpath(args.dir)
-    if os.path.exists(os.path.join(base, "fleet.json")):
-        old = Fleet.load(base)
-        if old.is_alive():
-            print(f"fleet already up in {base} ({os.path.join(base, 'fleet.json')})")
-            return 0
-        print(f"cleaning up a dead fleet in {base}", file=sys.stderr)
-        with contextlib.suppress(FleetError):
-            old.stop()
-    cfg = FleetConfig(
-        nodes=args.nodes,
-        lbs=args.lbs,
-        initial_version=args.version,
-        boot_seconds=args.boot_seconds,
-        ready_gap_seconds=args.ready_gap_seconds,
-        install_seconds=args.install_seconds,
-        tcp_admin_lbs=tuple(args.tcp_admin_lb or ()),
-        base_dir=base,
-    )
-    fleet = Fleet(cfg, stop_at_exit=False).start()
-    print(f"fleet up in {fleet.start_seconds:.2f}s: {len(fleet.nodes)} nodes, {len(fleet.lbs)} LBs")
-    for lb in fleet.lbs:
-        print(f"  {lb.name}: {lb.url()}  admin socket {lb.socket}")
-    for n in fleet.nodes:
-        print(f"  {n.name}: ssh {fleet.description['ssh']['user']}@{n.host} -p {n.ssh_port}")
-    print(os.path.join(base, "fleet.json"))
-    return 0
-
-
-def _cmd_down(args: argparse.Namespace) -> int:
-    base = os.path.realpath(args.dir)
-    try:
-        fleet = Fleet.load(base)
-    except FleetError:
-        # Nothing recorded, but a half-started fleet may still have marked processes.
-        left = fleet_procs.kill_fleet(base)
-        print(f"no fleet recorded in {base}")
-        return 1 if left else 0
-    fleet.stop()
-    print(f"fleet in {base} stopped")
-    return 0
-
-
-def _cmd_status(args: argparse.Namespace) -> int:
-    base = os.path.realpath(args.dir)
-    try:
-        fleet = Fleet.load(base)
-    except FleetError as e:
-        print(e)
-        return 1
-    print(json.dumps(fleet.description, indent=2))
-    print("alive" if fleet.is_alive() else "NOT alive (run down, then up)")
-    return 0 if fleet.is_alive() else 1
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m wso2_sandbox.fleet", description=__doc__)
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    d = FleetConfig()
-    up = sub.add_parser("up", help="start a fleet detached and write <dir>/fleet.json")
-    up.add_argument("--dir", default=".sandbox/fleet")
-    up.add_argument("--nodes", type=int, default=d.nodes)
-    up.add_argument("--lbs", type=int, default=d.lbs)
-    up.add_argument("--version", default=d.initial_version, help="initially installed version")
-    up.add_argument("--boot-seconds", type=float, default=d.boot_seconds)
-    up.add_argument("--ready-gap-seconds", type=float, default=d.ready_gap_seconds)
-    up.add_argument("--install-seconds", type=float, default=d.install_seconds)
-    up.add_argument(
-        "--tcp-admin-lb", type=int, action="append", help="LB index with a TCP admin socket"
-    )
-    for name, text in (("down", "stop the fleet recorded in <dir>"), ("status", "show it")):
-        p = sub.add_parser(name, help=text)
-        p.add_argument("--dir", default=".sandbox/fleet")
-    args = ap.parse_args(argv)
-    try:
-        return {"up": _cmd_up, "down": _cmd_down, "status": _cmd_status}[args.cmd](args)
-    except FleetError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-
-
 if __name__ == "__main__":
+    # The CLI lives in fleet_cli; this keeps `python -m wso2_sandbox.fleet` its entry point.
+    from wso2_sandbox.fleet_cli import main
+
     sys.exit(main())

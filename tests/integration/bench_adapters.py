@@ -15,7 +15,7 @@ import asyncio
 import statistics
 import time
 
-from wso2_operator.haproxy import build_lb_pool
+from wso2_operator.haproxy_pool import build_lb_pool
 from wso2_operator.ssh import SSHCredentials, SSHExecutor
 from wso2_sandbox.fleet import Fleet, FleetConfig
 

@@ -21,7 +21,8 @@ import asyncssh
 import pytest
 
 from wso2_sandbox import fleet_procs
-from wso2_sandbox.fleet import Fleet, NodeHandle, socket_command
+from wso2_sandbox.fleet import Fleet
+from wso2_sandbox.fleet_handles import NodeHandle, socket_command
 
 pytestmark = pytest.mark.timeout(60)
 

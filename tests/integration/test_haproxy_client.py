@@ -29,13 +29,12 @@ from wso2_operator.errors import (
 )
 from wso2_operator.haproxy import (
     LBClient,
-    LBPool,
     ServerStat,
     SshUnixTransport,
     TcpTransport,
     UnixSocketTransport,
-    build_lb_pool,
 )
+from wso2_operator.haproxy_pool import LBPool, build_lb_pool
 from wso2_operator.ssh import SSHCredentials, SSHExecutor
 from wso2_sandbox.fleet import Fleet, FleetConfig
 

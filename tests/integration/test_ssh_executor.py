@@ -25,7 +25,8 @@ from wso2_operator.errors import (
     SSHUnreachable,
 )
 from wso2_operator.ssh import SSHCredentials, SSHExecutor
-from wso2_sandbox.fleet import Fleet, FleetConfig, NodeHandle
+from wso2_sandbox.fleet import Fleet, FleetConfig
+from wso2_sandbox.fleet_handles import NodeHandle
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -1,0 +1,102 @@
+"""The fleet's command line: `python -m wso2_sandbox.fleet up|down|status` (`make fleet`).
+
+`up` starts a fleet detached and records it in <dir>/fleet.json; `down` and `status` re-attach to
+it from there with `Fleet.load`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+
+from wso2_sandbox import fleet as fleet_module
+from wso2_sandbox import fleet_procs
+from wso2_sandbox.fleet import Fleet, FleetConfig
+from wso2_sandbox.fleet_handles import FleetError
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    base = os.path.realpath(args.dir)
+    if os.path.exists(os.path.join(base, "fleet.json")):
+        old = Fleet.load(base)
+        if old.is_alive():
+            print(f"fleet already up in {base} ({os.path.join(base, 'fleet.json')})")
+            return 0
+        print(f"cleaning up a dead fleet in {base}", file=sys.stderr)
+        with contextlib.suppress(FleetError):
+            old.stop()
+    cfg = FleetConfig(
+        nodes=args.nodes,
+        lbs=args.lbs,
+        initial_version=args.version,
+        boot_seconds=args.boot_seconds,
+        ready_gap_seconds=args.ready_gap_seconds,
+        install_seconds=args.install_seconds,
+        tcp_admin_lbs=tuple(args.tcp_admin_lb or ()),
+        base_dir=base,
+    )
+    fleet = Fleet(cfg, stop_at_exit=False).start()
+    print(f"fleet up in {fleet.start_seconds:.2f}s: {len(fleet.nodes)} nodes, {len(fleet.lbs)} LBs")
+    for lb in fleet.lbs:
+        print(f"  {lb.name}: {lb.url()}  admin socket {lb.socket}")
+    for n in fleet.nodes:
+        print(f"  {n.name}: ssh {fleet.description['ssh']['user']}@{n.host} -p {n.ssh_port}")
+    print(os.path.join(base, "fleet.json"))
+    return 0
+
+
+def _cmd_down(args: argparse.Namespace) -> int:
+    base = os.path.realpath(args.dir)
+    try:
+        fleet = Fleet.load(base)
+    except FleetError:
+        # Nothing recorded, but a half-started fleet may still have marked processes.
+        left = fleet_procs.kill_fleet(base)
+        print(f"no fleet recorded in {base}")
+        return 1 if left else 0
+    fleet.stop()
+    print(f"fleet in {base} stopped")
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    base = os.path.realpath(args.dir)
+    try:
+        fleet = Fleet.load(base)
+    except FleetError as e:
+        print(e)
+        return 1
+    print(json.dumps(fleet.description, indent=2))
+    print("alive" if fleet.is_alive() else "NOT alive (run down, then up)")
+    return 0 if fleet.is_alive() else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m wso2_sandbox.fleet", description=fleet_module.__doc__
+    )
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    d = FleetConfig()
+    up = sub.add_parser("up", help="start a fleet detached and write <dir>/fleet.json")
+    up.add_argument("--dir", default=".sandbox/fleet")
+    up.add_argument("--nodes", type=int, default=d.nodes)
+    up.add_argument("--lbs", type=int, default=d.lbs)
+    up.add_argument("--version", default=d.initial_version, help="initially installed version")
+    up.add_argument("--boot-seconds", type=float, default=d.boot_seconds)
+    up.add_argument("--ready-gap-seconds", type=float, default=d.ready_gap_seconds)
+    up.add_argument("--install-seconds", type=float, default=d.install_seconds)
+    up.add_argument(
+        "--tcp-admin-lb", type=int, action="append", help="LB index with a TCP admin socket"
+    )
+    for name, text in (("down", "stop the fleet recorded in <dir>"), ("status", "show it")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--dir", default=".sandbox/fleet")
+    args = ap.parse_args(argv)
+    try:
+        return {"up": _cmd_up, "down": _cmd_down, "status": _cmd_status}[args.cmd](args)
+    except FleetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
