@@ -89,6 +89,7 @@ class ClusterReconciler:
         self.adapters: Adapters | None = None
         self._adapters_key = ""
         self.tasks: dict[str, asyncio.Task[None]] = {}
+        self._retired: list[Adapters] = []
         self.wake = asyncio.Event()
         self._persist_lock = asyncio.Lock()
         self._last_plan: Plan | None = None
@@ -110,13 +111,15 @@ class ClusterReconciler:
         )
         k = adapter_key(spec, key, hosts)
         if self.adapters is None or k != self._adapters_key:
-            if self.adapters is not None and not self.tasks:
-                await self.adapters.close()
             try:
-                self.adapters = self._adapters_factory(spec, key, hosts)
+                fresh = self._adapters_factory(spec, key, hosts)
             except (ValueError, WSO2OperatorError) as e:
                 raise SecretProblem("InvalidSSHCredentials", str(e)) from None
-            self._adapters_key = k
+            if self.adapters is not None:
+                # New credentials or LBs: node tasks switch at their next step, and the old
+                # connections are closed once no task can still be using them.
+                self._retired.append(self.adapters)
+            self.adapters, self._adapters_key = fresh, k
         return self.adapters
 
     # ------------------------------------------------------------------ main loop
@@ -131,8 +134,9 @@ class ClusterReconciler:
                 t.cancel()
             if self.tasks:
                 await asyncio.gather(*self.tasks.values(), return_exceptions=True)
-            if self.adapters is not None:
-                await self.adapters.close()
+            for a in (*self._retired, self.adapters):
+                if a is not None:
+                    await a.close()
 
     async def _wait(self, period: float, stopped: Any) -> None:
         waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(self.wake.wait())}
@@ -152,6 +156,10 @@ class ClusterReconciler:
         spec = self.spec()
         now = time.time()
         self._reap_tasks()
+        if self._retired and not self.tasks:
+            for old in self._retired:
+                await old.close()
+            self._retired.clear()
         try:
             adapters = await self._ensure_adapters(spec)
         except SecretProblem as e:
