@@ -110,8 +110,30 @@ _WRAPPER = (
 )
 
 
+# Exactly-once for a command that must not run again once it has completed (a provision step):
+# the wrapper records a successful exit in a marker file on the host itself, in the same shell
+# that ran the command, and skips the command when the marker is already there. The operator's
+# own record (status) is written only after the exit reaches it, so an operator killed in that
+# gap would otherwise run a completed step again. An interrupted command leaves no marker and
+# runs again, as before. Markers are empty files, pruned after 30 days.
+ONCE_KEY_RE = re.compile(r"[0-9a-f]{16,64}")
+_ONCE_DIR = '"${XDG_STATE_HOME:-$HOME/.local/state}/wso2-operator/done"'
+_ONCE_SKIP = (
+    "d=" + _ONCE_DIR + "; "
+    'if [ -e "$d/{key}" ]; then '
+    'echo "wso2-operator: completed before, not run again (marker $d/{key})" >&2; exit 0; fi; '
+)
+_ONCE_RECORD = (
+    'if [ "$rc" = 0 ]; then mkdir -p "$d" && : > "$d/{key}" && '
+    'find "$d" -type f -mtime +30 -delete; fi 2>/dev/null; '
+)
+
+
 def build_remote_command(
-    command: str, env: Mapping[str, str] | None = None, timeout: float = 60.0
+    command: str,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 60.0,
+    once_key: str | None = None,
 ) -> str:
     """Return the command line sent to sshd.
 
@@ -134,6 +156,17 @@ def build_remote_command(
             parts.append(f"{name}={shlex.quote(value)}")
     limit = max(1.0, timeout + REMOTE_TIMEOUT_SLACK)
     wrapper = _WRAPPER.format(kill_after=REMOTE_KILL_AFTER, limit=f"{limit:g}")
+    if once_key is not None:
+        if not ONCE_KEY_RE.fullmatch(once_key):
+            raise ConfigError(f"once_key must be 16-64 lowercase hex digits, got {once_key!r}")
+        tail = 'exit "$rc"'
+        assert wrapper.endswith(tail), "the wrapper must end with its exit"
+        wrapper = (
+            _ONCE_SKIP.replace("{key}", once_key)
+            + wrapper[: -len(tail)]
+            + _ONCE_RECORD.replace("{key}", once_key)
+            + tail
+        )
     parts += ["sh", "-c", shlex.quote(wrapper), "wso2-run", shlex.quote(command)]
     return " ".join(parts)
 
@@ -351,6 +384,7 @@ class SSHExecutor:
         env: Mapping[str, str] | None = None,
         timeout: float = 60.0,  # noqa: ASYNC109 - per-command timeout is part of the API
         check: bool = True,
+        once_key: str | None = None,
     ) -> CommandResult:
         """Run ``command`` (a shell snippet for ``sh -c``) on host:port; stdin is /dev/null.
 
@@ -359,10 +393,13 @@ class SSHExecutor:
         SSHUnreachable/HostKeyMismatch/SSHAuthFailed on connection problems. If the connection
         drops while the command runs, SSHUnreachable is raised and the command may or may not
         have run: make remote commands idempotent.
+
+        With ``once_key``, a command that once exited 0 under that key on this host is not run
+        again: the call succeeds at once (see ``_ONCE_SKIP``).
         """
         if timeout <= 0:
             raise ConfigError("timeout must be positive")
-        remote = build_remote_command(command, env, timeout)
+        remote = build_remote_command(command, env, timeout, once_key)
         name = _command_name(command)
         log.debug("ssh %s:%d run %r (env names %s)", host, port, command, sorted(env or ()))
         async with self._semaphore(host, port):

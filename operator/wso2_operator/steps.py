@@ -8,6 +8,7 @@ retried by the caller with backoff.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from dataclasses import replace
 
@@ -15,6 +16,7 @@ from .adapters import Adapters, lb_states, timed
 from .errors import DrainTimeout, ReenableTimeout, SSHCommandFailed, SSHCommandTimeout
 from .model import ClusterSpec, NodeProgress, Phase
 from .planner import UNREACHABLE, UP, NodeObservation, Step, StepKind
+from .status import iso
 
 
 class StepFailed(Exception):
@@ -62,6 +64,7 @@ async def run_step(
                 cmd,
                 env={"TARGET_VERSION": target, "NODE_NAME": name},
                 timeout=spec.provision_timeout,
+                once_key=provision_key(name, target, p, step.index, cmd),
             )
         except SSHCommandFailed as e:
             raise StepFailed(
@@ -122,6 +125,17 @@ async def run_step(
     if step.kind == StepKind.SOAK:
         return await soak(a, observed, spec, name, p)
     raise AssertionError(step)
+
+
+def provision_key(name: str, target: str, p: NodeProgress, index: int, cmd: str) -> str:
+    """The exactly-once key of one provision command in one update of one node.
+
+    Built only from what status keeps (the update's start time is stored to the second), so an
+    operator that restarts from status computes the same key; a later update of the node (a
+    retry, a rollback, the next version) has another start time and runs every command again.
+    """
+    parts = (name, target, iso(p.start) or "", str(index), cmd)
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
 
 
 async def soak(

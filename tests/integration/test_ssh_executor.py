@@ -218,3 +218,42 @@ async def test_logs_carry_commands_but_not_env_values_or_key(
     assert "s3cr3t-v4lue" not in text
     key_body = ssh_fleet.client_private_key().decode().splitlines()[1]
     assert key_body not in text
+
+
+async def test_once_key_runs_a_completed_command_only_once(
+    ex: SSHExecutor, node: NodeHandle
+) -> None:
+    """An operator killed between a command's exit and its own status write runs the step
+    again after a restart; with the same once_key the host skips a command that completed."""
+    key, other = secrets.token_hex(16), secrets.token_hex(16)
+    log = f"once-{key}.log"
+    cmd = f'echo ran >> "$HOME/{log}"'
+    first = await ex.run(node.host, node.ssh_port, cmd, once_key=key)
+    again = await ex.run(node.host, node.ssh_port, cmd, once_key=key)
+    assert first.exit_status == again.exit_status == 0
+    assert "completed before, not run again" in again.stderr
+    await ex.run(node.host, node.ssh_port, cmd, once_key=other)  # another step: runs
+    count = await ex.run(node.host, node.ssh_port, f'wc -l < "$HOME/{log}"')
+    assert count.stdout.strip() == "2"
+
+    # A failed command leaves no marker: it runs again, and can then succeed.
+    flag = f"once-flag-{key}"
+    flaky = f'if [ -e "$HOME/{flag}" ]; then echo ok; else : > "$HOME/{flag}"; exit 4; fi'
+    with pytest.raises(SSHCommandFailed):
+        await ex.run(node.host, node.ssh_port, flaky, once_key=other[::-1])
+    done = await ex.run(node.host, node.ssh_port, flaky, once_key=other[::-1])
+    assert done.stdout.strip() == "ok"
+
+    # A timed-out command leaves no marker either.
+    slow = secrets.token_hex(16)
+    with pytest.raises(SSHCommandTimeout):
+        await ex.run(node.host, node.ssh_port, "sleep 5", timeout=0.5, once_key=slow)
+    rerun = await ex.run(node.host, node.ssh_port, "echo again", once_key=slow)
+    assert rerun.stdout.strip() == "again"
+
+
+def test_once_key_must_be_hex() -> None:
+    from wso2_operator.ssh import build_remote_command
+
+    with pytest.raises(ConfigError):
+        build_remote_command("true", once_key="../../etc/passwd")
