@@ -32,6 +32,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     memo.reconcile_settings = Settings(
         observe_period=float(os.environ.get("WSO2_OBSERVE_PERIOD", "30")),
         active_period=float(os.environ.get("WSO2_ACTIVE_PERIOD", "5")),
+        resume_grace=float(os.environ.get("WSO2_RESUME_GRACE", "2")),
     )
     # Log lines are not Events (loggers=False is kopf's default); the reconciler posts the
     # Events users need explicitly with kopf.info/warn, which need level INFO.
@@ -53,7 +54,11 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.persistence.finalizer = "vmops.dev/wso2-operator"
 
 
-@kopf.daemon(GROUP, VERSION, PLURAL, id="reconcile", cancellation_timeout=10.0)
+# On a stop, kopf first only signals (the loop exits at once and cleans up) and cancels the
+# daemon only after cancellation_backoff; without a backoff it cancels right away.
+@kopf.daemon(
+    GROUP, VERSION, PLURAL, id="reconcile", cancellation_backoff=5.0, cancellation_timeout=10.0
+)
 async def reconcile(
     namespace: str,
     name: str,

@@ -13,6 +13,7 @@ Each step is idempotent. A step that was interrupted by a crash simply runs agai
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -55,11 +56,20 @@ log = logging.getLogger(__name__)
 RETRY_ANNOTATION = "vmops.dev/retry"
 
 
+# Clean-ups that outlive a cancelled daemon; asyncio keeps only weak references to tasks.
+_CLEANUPS: set[asyncio.Future[None]] = set()
+
+
 @dataclass
 class Settings:
     observe_period: float = 30.0  # idle re-observation: re-asserts LB state after HAProxy reloads
     active_period: float = 5.0  # the same while nodes are out of rotation
     max_backoff: float = 30.0
+    # Before resuming a node that status shows in flight: another replica may have been acting
+    # on it until a moment ago (a higher-priority replica that just came back pauses the one that
+    # took over, and kopf resumes the newcomer at once). The paused one cancels its step within
+    # milliseconds; waiting this long first keeps two replicas from running the same step.
+    resume_grace: float = 2.0
 
 
 class ClusterReconciler:
@@ -125,18 +135,44 @@ class ClusterReconciler:
     # ------------------------------------------------------------------ main loop
     async def run(self, stopped: Any) -> None:
         try:
+            flying = sorted(n for n, p in self.progress.items() if p.phase in IN_FLIGHT)
+            if flying and self.settings.resume_grace > 0:
+                log.info(
+                    "[%s/%s] resuming %s in %gs (another replica may just have stopped)",
+                    self.namespace,
+                    self.name,
+                    ", ".join(flying),
+                    self.settings.resume_grace,
+                )
+                await self._wait_stopped(self.settings.resume_grace, stopped)
             while not stopped:
                 active = await self.reconcile_once()
                 period = self.settings.active_period if active else self.settings.observe_period
                 await self._wait(period, stopped)
         finally:
-            for t in self.tasks.values():
-                t.cancel()
-            if self.tasks:
-                await asyncio.gather(*self.tasks.values(), return_exceptions=True)
-            for a in (*self._retired, self.adapters):
-                if a is not None:
-                    await a.close()
+            # kopf signals a stop (pause for a peer, deletion, shutdown) and may cancel this
+            # task a moment later, in the middle of this clean-up: shielded, the node steps are
+            # still cancelled and every SSH/LB connection still closed.
+            cleanup = asyncio.ensure_future(self._shutdown())
+            _CLEANUPS.add(cleanup)
+            cleanup.add_done_callback(_CLEANUPS.discard)
+            await asyncio.shield(cleanup)
+
+    async def _shutdown(self) -> None:
+        for t in self.tasks.values():
+            t.cancel()
+        if self.tasks:
+            await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        for a in (*self._retired, self.adapters):
+            if a is not None:
+                await a.close()
+
+    async def _wait_stopped(self, seconds: float, stopped: Any) -> None:
+        if hasattr(stopped, "wait"):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopped.wait(), seconds)
+        else:
+            await asyncio.sleep(seconds)
 
     async def _wait(self, period: float, stopped: Any) -> None:
         waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(self.wake.wait())}

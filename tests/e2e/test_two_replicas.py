@@ -286,3 +286,63 @@ def test_standby_takes_over_after_kill9_and_finishes_the_rollout(
             print(f"{node.name}: install re-run after the kill (first started "
                   f"{kill_time - starts[0]:.1f}s before it)")  # fmt: skip
         print(f"{node.name}: installs of 2.0.0 started {len(starts)}, completed {len(ends)}")
+
+
+@pytest.mark.timeout(300)
+def test_higher_priority_replica_preempts_mid_install_without_running_a_step_twice(
+    kube: Kube, fleet: Fleet, tmp_path: Path
+) -> None:
+    """A replica that comes back with a higher priority (a restarted pod's new random priority)
+    takes over at once, while the acting one is inside node2's install. The paused one cancels
+    its step; the newcomer waits a short grace before resuming it. On the node side, every
+    install of 2.0.0 completed exactly once (the interrupted one may have started twice)."""
+    ns = kube.new_namespace("preempt")
+    kube.run("apply", "-f", str(PEERING_CRDS))
+    kube.run("wait", "--for=condition=Established", "crd/kopfpeerings.kopf.dev", "--timeout=60s")
+    for doc in fleet_manifests(fleet.description, name=NAME, namespace=ns, version="1.0.0"):
+        kube.apply(doc)
+
+    def get() -> Obj:
+        return kube.get_json("w2c", NAME, "-n", ns)
+
+    low = Replica("low", 100, ns, kube.kubeconfig, tmp_path / "operator-low.log")
+    high = Replica("high", 200, ns, kube.kubeconfig, tmp_path / "operator-high.log")
+
+    def logs() -> str:
+        return "\n".join(r.tail() for r in (low, high)) + f"\nstatus: {get().get('status')}"
+
+    node2 = next(n for n in fleet.nodes if n.name == "node2")
+    try:
+        low.start()
+        wait_for("Ready at 1.0.0", lambda: ready_at(get(), "1.0.0"), 90, logs)
+        kube.run("patch", "w2c", NAME, "-n", ns, "--type=merge",
+                 "-p", json.dumps({"spec": {"version": "2.0.0"}}))  # fmt: skip
+
+        def node2_installing() -> bool:
+            ev = [e for e in node2.events() if e.get("version") == "2.0.0"]
+            return any(e["event"] == "install_start" for e in ev) and not any(
+                e["event"] == "install_end" for e in ev
+            )
+
+        wait_for("node2 installing 2.0.0", node2_installing, 90, logs)
+        high.start()
+        wait_for("the acting replica to pause", lambda: PAUSING in low.log(), 60, logs)
+        wait_for("Ready at 2.0.0", lambda: ready_at(get(), "2.0.0"), 120, logs)
+        # Paused, it cancelled its step and closed every connection to the fleet.
+        wait_for("the paused replica to close its SSH connections", lambda: not low.ssh_peers(),
+                 10, logs)  # fmt: skip
+    finally:
+        for r in (low, high):
+            r.stop()
+
+    assert "resuming node2 in 2s" in high.log(), high.tail()
+    for node in fleet.nodes:
+        events = [e for e in node.events() if e.get("version") == "2.0.0"]
+        ends = [e["t"] for e in events if e["event"] == "install_end"]
+        assert len(ends) == 1, (node.name, events)
+    starts = [
+        e["t"]
+        for e in node2.events()
+        if e["event"] == "install_start" and e.get("version") == "2.0.0"
+    ]
+    print(f"\nnode2: {len(starts)} install start(s) of 2.0.0 and one completed install")
