@@ -92,8 +92,8 @@ class KubeAdapter:
 PEERING_SCOPE_ENV = "WSO2_PEERING_SCOPE"  # set by __main__ from kopf's -A / -n flags
 
 
-def ensure_peering(name: str, scope: str) -> list[str]:
-    """Create kopf's peering object(s) if missing; returns what it created.
+def ensure_peering(name: str, scope: str) -> None:
+    """Create kopf's peering object(s) if missing.
 
     With mandatory peering kopf starts paused and resumes only on reading its peering object;
     if that object does not exist, kopf's keep-alive reports "not found" at debug level and the
@@ -102,7 +102,6 @@ def ensure_peering(name: str, scope: str) -> list[str]:
     impossible. `scope` is "cluster" or a comma-separated list of namespaces.
     """
     custom = kubernetes.client.CustomObjectsApi()
-    created = []
     targets = [None] if scope == "cluster" else [n for n in scope.split(",") if n]
     for ns in targets:
         if ns is not None and any(c in ns for c in "*?[!"):
@@ -124,9 +123,7 @@ def ensure_peering(name: str, scope: str) -> list[str]:
                 kind, name, where, e.status,
             )  # fmt: skip
             continue
-        created.append(f"{kind}/{name}" if ns is None else f"{kind}/{ns}/{name}")
         log.info("created %s %r", kind, name)
-    return created
 
 
 def event(body: Mapping[str, Any], reason: str, message: str, warning: bool = False) -> None:

@@ -27,7 +27,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -141,27 +141,26 @@ def phases(obj: Obj) -> dict[str, str]:
 @pytest.fixture
 def fleet() -> Iterator[Fleet]:
     # Installs of 2 s, so that the kill lands inside node2's Provisioning.
-    f = Fleet(FleetConfig(boot_seconds=1.5, ready_gap_seconds=0.5, install_seconds=2.0))
-    f.start()
-    try:
+    with Fleet(FleetConfig(boot_seconds=1.5, ready_gap_seconds=0.5, install_seconds=2.0)) as f:
         yield f
-    finally:
-        f.stop()
+
+
+def peered_cluster(kube: Kube, fleet: Fleet, prefix: str) -> tuple[str, Callable[[], Obj]]:
+    """A fresh namespace with kopf's peering CRDs and the WSO2Cluster at 1.0.0; no KopfPeering
+    is created here: each replica creates it at start-up if missing."""
+    ns = kube.new_namespace(prefix)
+    kube.run("apply", "-f", str(PEERING_CRDS))
+    kube.run("wait", "--for=condition=Established", "crd/kopfpeerings.kopf.dev", "--timeout=60s")
+    for doc in fleet_manifests(fleet.description, name=NAME, namespace=ns, version="1.0.0"):
+        kube.apply(doc)
+    return ns, lambda: kube.get_json("w2c", NAME, "-n", ns)
 
 
 @pytest.mark.timeout(420)
 def test_standby_takes_over_after_kill9_and_finishes_the_rollout(
     kube: Kube, fleet: Fleet, tmp_path: Path
 ) -> None:
-    ns = kube.new_namespace("peer")
-    kube.run("apply", "-f", str(PEERING_CRDS))
-    kube.run("wait", "--for=condition=Established", "crd/kopfpeerings.kopf.dev", "--timeout=60s")
-    # No KopfPeering is created here: each replica creates it at start-up if missing.
-    for doc in fleet_manifests(fleet.description, name=NAME, namespace=ns, version="1.0.0"):
-        kube.apply(doc)
-
-    def get() -> Obj:
-        return kube.get_json("w2c", NAME, "-n", ns)
+    ns, get = peered_cluster(kube, fleet, "peer")
 
     high = Replica("high", 200, ns, kube.kubeconfig, tmp_path / "operator-high.log")
     low = Replica("low", 100, ns, kube.kubeconfig, tmp_path / "operator-low.log")
@@ -296,14 +295,7 @@ def test_higher_priority_replica_preempts_mid_install_without_running_a_step_twi
     takes over at once, while the acting one is inside node2's install. The paused one cancels
     its step; the newcomer waits a short grace before resuming it. On the node side, every
     install of 2.0.0 completed exactly once (the interrupted one may have started twice)."""
-    ns = kube.new_namespace("preempt")
-    kube.run("apply", "-f", str(PEERING_CRDS))
-    kube.run("wait", "--for=condition=Established", "crd/kopfpeerings.kopf.dev", "--timeout=60s")
-    for doc in fleet_manifests(fleet.description, name=NAME, namespace=ns, version="1.0.0"):
-        kube.apply(doc)
-
-    def get() -> Obj:
-        return kube.get_json("w2c", NAME, "-n", ns)
+    ns, get = peered_cluster(kube, fleet, "preempt")
 
     low = Replica("low", 100, ns, kube.kubeconfig, tmp_path / "operator-low.log")
     high = Replica("high", 200, ns, kube.kubeconfig, tmp_path / "operator-high.log")
