@@ -244,7 +244,6 @@ class ClusterReconciler:
         for n, prog in self.progress.items():
             if prog.phase in IN_FLIGHT and n not in self.tasks and n in spec.node_names:
                 self.tasks[n] = asyncio.create_task(self._drive_node(n), name=f"node-{n}")
-        metrics.nodes_out(self.namespace, self.name, len(p.unavailable))
         return bool(self.tasks) or bool(p.unavailable)
 
     def _reap_tasks(self) -> None:
@@ -356,6 +355,9 @@ class ClusterReconciler:
             p = p or plan(spec, self.observed, self.progress, self.rollout)
             # History and Ready=True go out in the same write, so readers never see one alone.
             self._finish_rollout_if_done(spec, p, time.time())
+            # The gauge follows every status write: a node task that finishes the rollout
+            # writes status itself, between two passes of the loop.
+            metrics.nodes_out(self.namespace, self.name, len(p.unavailable))
             status = summarize(
                 spec=spec,
                 generation=self.generation,
