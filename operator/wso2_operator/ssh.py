@@ -10,6 +10,16 @@ Design points (see /work/shared/notes/kopf-asyncssh-crd.md):
   does not kill a command whose channel closes without a pty. So every command runs under a
   small remote wrapper (coreutils ``timeout`` plus a watchdog on stdin, see ``_WRAPPER``), and
   a local timeout or cancellation closes the channel, which makes the wrapper kill the command.
+* Nothing waits on the server without a deadline: connect, channel open and exec share
+  ``connect_timeout``, the command gets its ``timeout``, and the channel close after a timeout
+  or cancellation gets ``CHANNEL_CLOSE_TIMEOUT``, after which the connection is dropped. So
+  ``run()`` returns within ``connect_timeout + timeout + CHANNEL_CLOSE_TIMEOUT`` of getting its
+  session slot, whatever the server does.
+* Output is read as it arrives and only ``OUTPUT_KEEP_BYTES`` per stream is kept, so a command
+  that prints gigabytes costs time, not memory.
+* Error messages end up in Kubernetes status: they never quote Secret content, and text that
+  the remote side controls (disconnect reasons, stderr, signal names) is capped and stripped of
+  control characters first.
 """
 
 from __future__ import annotations
@@ -44,6 +54,24 @@ STDERR_TAIL_BYTES = 2048
 REMOTE_TIMEOUT_SLACK = 2.0
 # Seconds between SIGTERM and SIGKILL for the remote `timeout -k`.
 REMOTE_KILL_AFTER = 2
+# Bytes kept per output stream; the rest is read and dropped (and counted). The head of stdout
+# is kept because what callers parse (a version, a status line) comes first; the tail of stderr
+# because a failing command explains itself last.
+OUTPUT_KEEP_BYTES = 64 * 1024
+# How long to wait for the server to confirm a channel close after a timeout or cancellation.
+# sshd confirms once the wrapper has cleaned up, which takes up to REMOTE_KILL_AFTER (TERM, then
+# KILL); a server that has not confirmed by then is not trusted with more channels: the whole
+# connection is dropped, and the next call opens a fresh one.
+CHANNEL_CLOSE_TIMEOUT = REMOTE_KILL_AFTER + 1.0
+# A shared connect attempt bounds itself with connect_timeout; its waiters give up this much later
+# in case that bound is ever lost (a coroutine that swallows cancellation), so no caller can hang.
+CONNECT_GRACE = 1.0
+# Characters of remote-controlled text (a disconnect reason, a signal name) copied into a message.
+REMOTE_TEXT_CHARS = 200
+# Characters of stderr in an SSHCommandFailed message (the full tail is on the exception).
+MESSAGE_STDERR_CHARS = 500
+# Characters of the command name in messages: the name is the caller's, but messages are bounded.
+COMMAND_NAME_CHARS = 64
 
 
 @dataclass(frozen=True)
@@ -76,10 +104,68 @@ class SSHCredentials:
 
 @dataclass(frozen=True)
 class CommandResult:
+    """What a command left behind.
+
+    ``stdout`` is decoded from at most the first ``OUTPUT_KEEP_BYTES`` bytes of the command's
+    standard output and ``stderr`` from at most its last ``OUTPUT_KEEP_BYTES`` bytes of standard
+    error, both as UTF-8 with ``errors="replace"`` (a character cut at the boundary becomes
+    U+FFFD). ``stdout_dropped``/``stderr_dropped`` count the bytes read and discarded, so the
+    stream was ``len(kept bytes) + dropped`` bytes long and ``dropped > 0`` means "truncated".
+    """
+
     exit_status: int
     stdout: str
     stderr: str
     duration: float
+    stdout_dropped: int = 0
+    stderr_dropped: int = 0
+
+
+class _BoundedOutput(asyncssh.SSHClientSession[bytes]):
+    """Session that keeps the head of stdout and the tail of stderr, and counts the rest.
+
+    Data is handed over by asyncssh as it arrives and the receive window is reopened at once, so
+    the server streams at full speed while memory stays at about 2 * ``keep`` bytes.
+    """
+
+    def __init__(self, keep: int) -> None:
+        self._keep = keep
+        self.chan: asyncssh.SSHClientChannel[bytes] | None = None
+        self.stdout = bytearray()
+        self.stderr = bytearray()
+        self.stdout_dropped = 0
+        self.stderr_dropped = 0
+        self.exc: Exception | None = None
+
+    def connection_made(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
+        self.chan = chan
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        if datatype == asyncssh.EXTENDED_DATA_STDERR:
+            self.stderr += data
+            excess = len(self.stderr) - self._keep
+            if excess > 0:
+                # bytearray drops a prefix in place without copying the rest
+                del self.stderr[:excess]
+                self.stderr_dropped += excess
+        else:
+            kept = data[: self._keep - len(self.stdout)]
+            self.stdout += kept
+            self.stdout_dropped += len(data) - len(kept)
+
+    def eof_received(self) -> bool:
+        # True keeps our side open: answering EOF with EOF would close the command's stdin, which
+        # the remote watchdog reads as "channel gone" (see _WRAPPER).
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.exc = exc
+
+    def decoded(self) -> tuple[str, str]:
+        return (
+            self.stdout.decode("utf-8", "replace"),
+            self.stderr.decode("utf-8", "replace"),
+        )
 
 
 # Runs "$1" under coreutils `timeout` and kills it when the SSH channel goes away.
@@ -148,7 +234,7 @@ def build_remote_command(
         parts.append("env")
         for name, value in env.items():
             if not isinstance(name, str) or not ENV_NAME_RE.fullmatch(name):
-                raise ConfigError(f"invalid environment variable name {name!r}")
+                raise ConfigError(f"invalid environment variable name {_clip(repr(name), 64)}")
             if not isinstance(value, str):
                 raise ConfigError(f"environment value for {name} must be a string")
             if "\x00" in value:
@@ -158,7 +244,9 @@ def build_remote_command(
     wrapper = _WRAPPER.format(kill_after=REMOTE_KILL_AFTER, limit=f"{limit:g}")
     if once_key is not None:
         if not ONCE_KEY_RE.fullmatch(once_key):
-            raise ConfigError(f"once_key must be 16-64 lowercase hex digits, got {once_key!r}")
+            raise ConfigError(
+                f"once_key must be 16-64 lowercase hex digits, got {_clip(repr(once_key), 80)}"
+            )
         tail = 'exit "$rc"'
         assert wrapper.endswith(tail), "the wrapper must end with its exit"
         wrapper = (
@@ -206,6 +294,70 @@ def _install_log_redaction() -> None:
             lg.addFilter(_RedactCommandFilter())
 
 
+# C0/C1 controls, DEL, line/paragraph separators and bidi overrides: remote text must not break
+# a status line or log line, nor disguise what it says.
+_UNSAFE_CHARS_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_UNSAFE_KEEP_LINES_RE = re.compile(
+    r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
+)
+
+
+def _clip(text: object, limit: int = REMOTE_TEXT_CHARS, *, keep_lines: bool = False) -> str:
+    """``text`` cut to ``limit`` characters (plus "...") with unsafe characters replaced by "?".
+
+    ``keep_lines`` keeps newlines and tabs (for stderr, whose lines are useful).
+    """
+    s = str(text)
+    if len(s) > limit:
+        s = s[:limit] + "..."
+    return (_UNSAFE_KEEP_LINES_RE if keep_lines else _UNSAFE_CHARS_RE).sub("?", s)
+
+
+def _known_hosts_problem(line: str) -> str:
+    """What is wrong with a known_hosts line asyncssh rejected, in words that quote none of it."""
+    fields = line.split()
+    if len(fields) < 2 or (line.startswith("@") and len(fields) < 3):
+        what = "it has too few fields"
+    elif line.startswith("@"):
+        what = "its @marker is not @cert-authority or @revoked"
+    elif fields[0].startswith("|"):
+        what = "its hashed host name is malformed"
+    else:
+        what = "it is not a valid entry"
+    return what + " (expected '[@marker] <host patterns> <key type> <base64 key>')"
+
+
+def _import_known_hosts(text: str) -> asyncssh.SSHKnownHosts:
+    """Parse known_hosts text from a Secret; a ConfigError names a line number, never content.
+
+    asyncssh's own message quotes the offending line, which is Secret content (a private key put
+    under the known_hosts key by mistake would show up in Kubernetes status). The exception is
+    also not chained: a traceback would print it.
+    """
+    try:
+        return asyncssh.import_known_hosts(text)
+    except Exception:
+        pass  # any failure is reported below, without its text
+    bad_line = 0
+    for number, line in enumerate(text.splitlines(), 1):
+        try:
+            asyncssh.import_known_hosts(line)
+        except Exception:
+            bad_line = number
+            break
+    if not bad_line:
+        # Lines parse one by one but not together: not expected, still reported without content.
+        raise ConfigError("cannot parse SSH known_hosts (no single line is at fault)")
+    problem = _known_hosts_problem(text.splitlines()[bad_line - 1].strip())
+    hint = ""
+    if any(ln.lstrip().startswith("-----BEGIN ") for ln in text.splitlines()):
+        hint = (
+            "; the value looks like a PEM block (a private key or certificate?), check that "
+            "the Secret's keys are not swapped"
+        )
+    raise ConfigError(f"cannot parse SSH known_hosts: line {bad_line}: {problem}{hint}")
+
+
 def _tail(text: str, limit: int = STDERR_TAIL_BYTES) -> str:
     data = text.encode("utf-8", "replace")
     if len(data) <= limit:
@@ -232,20 +384,22 @@ class SSHExecutor:
             raise ConfigError("max_sessions_per_host must be >= 1")
         self._creds = credentials
         self._max_sessions = max_sessions_per_host
+        key_error = ""
         try:
             self._client_key = asyncssh.import_private_key(credentials.private_key)
         except (asyncssh.KeyImportError, ValueError, TypeError) as exc:
-            # Never include the key material, not even a prefix.
+            key_error = type(exc).__name__
+        if key_error:
+            # Never include the key material, not even a prefix; raised outside the `except` so
+            # the original exception (whose text may quote the key) is not even the context.
             raise ConfigError(
-                f"cannot load SSH private key ({type(exc).__name__}; "
+                f"cannot load SSH private key ({key_error}; "
                 "it must be an unencrypted OpenSSH or PEM private key)"
-            ) from None
-        try:
-            self._known_hosts = asyncssh.import_known_hosts(credentials.known_hosts)
-        except (ValueError, asyncssh.KeyImportError) as exc:
-            raise ConfigError(f"cannot parse SSH known_hosts: {exc}") from None
+            )
+        self._known_hosts = _import_known_hosts(credentials.known_hosts)
         self._conns: dict[tuple[str, int], asyncssh.SSHClientConnection] = {}
         self._pending: dict[tuple[str, int], asyncio.Future[asyncssh.SSHClientConnection]] = {}
+        self._pending_since: dict[tuple[str, int], float] = {}  # loop.time() of the attempt
         self._sems: dict[tuple[str, int], asyncio.Semaphore] = {}
         self._closed = False
         _install_log_redaction()
@@ -270,10 +424,19 @@ class SSHExecutor:
     async def connection(self, host: str, port: int = 22) -> asyncssh.SSHClientConnection:
         """Return the open connection to (host, port), connecting if needed.
 
-        Concurrent callers share one connect attempt; a closed connection is replaced.
+        Concurrent callers share one connect attempt; a closed connection is replaced. Raises
+        SSHUnreachable if the connection is not up within ``connect_timeout`` (plus
+        ``CONNECT_GRACE`` for a caller that joined an attempt already under way).
         """
+        return await self._connection(host, port, None)
+
+    async def _connection(
+        self, host: str, port: int, deadline: float | None
+    ) -> asyncssh.SSHClientConnection:
+        """``connection()``, but giving up at ``deadline`` (``loop.time()``) if that is earlier."""
         if self._closed:
             raise RuntimeError("SSHExecutor is closed")
+        loop = asyncio.get_running_loop()
         key = (host, port)
         conn = self._conns.get(key)
         if conn is not None and not conn.is_closed():
@@ -282,17 +445,50 @@ class SSHExecutor:
         if fut is None:
             fut = asyncio.ensure_future(self._connect(host, port))
             self._pending[key] = fut
+            self._pending_since[key] = loop.time()
             fut.add_done_callback(lambda f, key=key: self._connect_done(key, f))
-        # Shield: one caller being cancelled must not abort the attempt others are waiting on.
-        return await asyncio.shield(fut)
+        timeout = self._creds.connect_timeout
+        backstop = self._pending_since[key] + timeout + CONNECT_GRACE
+        try:
+            async with asyncio.timeout_at(
+                backstop if deadline is None else min(backstop, deadline)
+            ):
+                # Shield: one caller being cancelled must not abort the attempt others wait on.
+                return await asyncio.shield(fut)
+        except TimeoutError:
+            pass
+        if loop.time() >= backstop and self._pending.get(key) is fut:
+            # The attempt outlived its own bound: let the next caller start afresh. It is not
+            # cancelled (that would cancel the callers still sharing it); if it ever completes,
+            # _connect_done closes the connection it brings.
+            log.warning("ssh connect to %s:%d overran its timeout; abandoned", host, port)
+            del self._pending[key]
+            del self._pending_since[key]
+        raise SSHUnreachable(
+            f"SSH connect to {host}:{port} timed out after {timeout:g}s", host=host, port=port
+        )
 
     def _connect_done(
         self, key: tuple[str, int], fut: asyncio.Future[asyncssh.SSHClientConnection]
     ) -> None:
-        if self._pending.get(key) is fut:
+        current = self._pending.get(key) is fut
+        if current:
             del self._pending[key]
-        if not fut.cancelled():
-            fut.exception()  # mark retrieved: a failure is reported to the awaiting callers
+            del self._pending_since[key]
+        # Retrieve a failure here: it reaches the callers that awaited the attempt, and one that
+        # nobody awaits any more must not be logged as "never retrieved".
+        if fut.cancelled() or fut.exception() is not None:
+            return
+        conn = fut.result()
+        if not current or self._closed:
+            conn.close()  # an abandoned attempt, or the executor closed meanwhile: nobody owns it
+            return
+        # Registered here rather than in _connect so that an abandoned attempt cannot replace
+        # (and close) the connection of the attempt that superseded it.
+        old = self._conns.get(key)
+        if old is not None and old is not conn:
+            old.close()
+        self._conns[key] = conn
 
     async def _connect(self, host: str, port: int) -> asyncssh.SSHClientConnection:
         timeout = self._creds.connect_timeout
@@ -318,15 +514,15 @@ class SSHExecutor:
                 )
         except asyncssh.HostKeyNotVerifiable as exc:
             raise HostKeyMismatch(
-                f"SSH host key of {host}:{port} is not trusted ({exc.reason}); refusing to "
+                f"SSH host key of {host}:{port} is not trusted ({_clip(exc.reason)}); refusing to "
                 "connect. Update known_hosts only if the host was legitimately re-keyed.",
                 host=host,
                 port=port,
             ) from None
         except asyncssh.PermissionDenied as exc:
             raise SSHAuthFailed(
-                f"SSH authentication as {self._creds.username!r} to {host}:{port} failed "
-                f"({exc.reason})",
+                f"SSH authentication as {_clip(repr(self._creds.username), 64)} to "
+                f"{host}:{port} failed ({_clip(exc.reason)})",
                 host=host,
                 port=port,
             ) from None
@@ -338,13 +534,9 @@ class SSHExecutor:
             ) from None
         except (OSError, asyncssh.DisconnectError) as exc:
             raise SSHUnreachable(
-                f"SSH connect to {host}:{port} failed: {exc}", host=host, port=port
+                f"SSH connect to {host}:{port} failed: {_clip(exc)}", host=host, port=port
             ) from exc
         log.debug("ssh connected to %s:%d in %.3fs", host, port, time.monotonic() - started)
-        old = self._conns.get((host, port))
-        if old is not None and old is not conn:
-            old.close()
-        self._conns[(host, port)] = conn
         return conn
 
     def _forget(self, host: str, port: int, conn: asyncssh.SSHClientConnection) -> None:
@@ -394,26 +586,34 @@ class SSHExecutor:
         drops while the command runs, SSHUnreachable is raised and the command may or may not
         have run: make remote commands idempotent.
 
+        Once a session slot is free, this returns or raises within ``connect_timeout`` (connect,
+        channel open and exec together) + ``timeout`` + ``CHANNEL_CLOSE_TIMEOUT``, even against
+        a server that stops answering. Output beyond ``OUTPUT_KEEP_BYTES`` per stream is dropped
+        (see CommandResult).
+
         With ``once_key``, a command that once exited 0 under that key on this host is not run
         again: the call succeeds at once (see ``_ONCE_SKIP``).
         """
         if timeout <= 0:
             raise ConfigError("timeout must be positive")
         remote = build_remote_command(command, env, timeout, once_key)
-        name = _command_name(command)
+        name = _clip(_command_name(command), COMMAND_NAME_CHARS)
         log.debug("ssh %s:%d run %r (env names %s)", host, port, command, sorted(env or ()))
         async with self._semaphore(host, port):
+            # Waiting for the slot is our own queueing; the server's time starts now.
+            start_deadline = asyncio.get_running_loop().time() + self._creds.connect_timeout
             for attempt in (1, 2):
-                conn = await self.connection(host, port)
+                conn = await self._connection(host, port, start_deadline)
                 try:
                     return await self._run_on(
-                        conn, host, port, command, name, remote, timeout, check
+                        conn, host, port, command, name, remote, timeout, check, start_deadline
                     )
                 except asyncssh.ChannelOpenError as exc:
                     # The command never started, so one retry on a fresh connection is safe.
                     if attempt == 2 or not conn.is_closed():
                         raise SSHUnreachable(
-                            f"SSH channel to {host}:{port} could not be opened: {exc.reason}",
+                            f"SSH channel to {host}:{port} could not be opened: "
+                            f"{_clip(exc.reason)}",
                             host=host,
                             port=port,
                         ) from None
@@ -421,11 +621,76 @@ class SSHExecutor:
                 except (asyncssh.DisconnectError, ConnectionError) as exc:
                     self._forget(host, port, conn)
                     raise SSHUnreachable(
-                        f"SSH connection to {host}:{port} lost while running {name!r}: {exc}",
+                        f"SSH connection to {host}:{port} lost while running {name!r}: "
+                        f"{_clip(exc)}",
                         host=host,
                         port=port,
                     ) from exc
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _start(
+        self,
+        conn: asyncssh.SSHClientConnection,
+        host: str,
+        port: int,
+        name: str,
+        remote: str,
+        session: _BoundedOutput,
+        deadline: float,
+    ) -> asyncssh.SSHClientChannel[bytes]:
+        """Open a session channel and exec ``remote`` on it, giving up at ``deadline``."""
+        # stdin stays open and is never written to: the remote watchdog treats its EOF as
+        # "channel closed" (see _WRAPPER).
+        opening = asyncio.ensure_future(conn.create_session(lambda: session, remote, encoding=None))
+        try:
+            async with asyncio.timeout_at(deadline):
+                chan, _ = await asyncio.shield(opening)
+            return chan
+        except BaseException as exc:
+            # Timed out or cancelled: the server may still confirm the channel or the exec later.
+            # A channel nobody owns would hold a session slot and, once the exec is accepted, run
+            # the command with its stdin never closed, so it is closed whenever it opens.
+            opening.add_done_callback(_close_unowned_channel)
+            if not isinstance(exc, TimeoutError):
+                raise
+        # The channel's state on the server is unknown and the server is not answering it: drop
+        # the connection, so that the next call starts afresh and nothing waits on this one.
+        self._forget(host, port, conn)
+        what = "the exec request" if session.chan is not None else "the session channel"
+        timeout = self._creds.connect_timeout
+        raise SSHUnreachable(
+            f"SSH server {host}:{port} did not confirm {what} for {name!r} within the connect "
+            f"timeout ({timeout:g}s); the connection was dropped",
+            host=host,
+            port=port,
+        )
+
+    async def _close_channel(
+        self,
+        conn: asyncssh.SSHClientConnection,
+        chan: asyncssh.SSHClientChannel[bytes],
+        host: str,
+        port: int,
+    ) -> None:
+        """Close ``chan`` and wait (bounded) until the server has closed it too.
+
+        No terminate(): sshd refuses signals for root logins, and for other users it would kill
+        the wrapper but not `timeout`'s own process group. Closing the channel triggers the
+        watchdog, and sshd confirms the close only once the command is gone, so the session slot
+        is free again when this returns.
+        """
+        chan.close()
+        try:
+            async with asyncio.timeout(CHANNEL_CLOSE_TIMEOUT):
+                await chan.wait_closed()
+        except TimeoutError:
+            log.warning(
+                "ssh %s:%d did not confirm a channel close within %gs; dropping the connection",
+                host,
+                port,
+                CHANNEL_CLOSE_TIMEOUT,
+            )
+            self._forget(host, port, conn)
 
     async def _run_on(
         self,
@@ -437,53 +702,70 @@ class SSHExecutor:
         remote: str,
         timeout: float,  # noqa: ASYNC109
         check: bool,
+        start_deadline: float,
     ) -> CommandResult:
         started = time.monotonic()
-        # stdin stays an open pipe that we never write to: the remote watchdog treats its EOF
-        # as "channel closed" (see _WRAPPER).
-        async with conn.create_process(remote, encoding="utf-8", errors="replace") as proc:
-            try:
-                completed = await proc.wait(check=False, timeout=timeout)
-            except asyncssh.TimeoutError:
-                # No proc.terminate(): sshd refuses signals for root logins, and for other users
-                # it would kill the wrapper but not `timeout`'s own process group. Closing the
-                # channel triggers the watchdog; leaving the `async with` waits until sshd has
-                # really closed the channel, so the session slot is free again.
-                proc.close()
-                raise SSHCommandTimeout(
-                    f"command {name!r} on {host}:{port} timed out after {timeout:g}s",
-                    host=host,
-                    port=port,
-                    command=command,
-                    timeout=timeout,
-                ) from None
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                # Python 3.11's wait_for can swallow a cancellation that races with the
-                # command's end; honour it (leaving the `async with` closes the channel).
-                raise asyncio.CancelledError
+        session = _BoundedOutput(OUTPUT_KEEP_BYTES)
+        chan = await self._start(conn, host, port, name, remote, session, start_deadline)
+        try:
+            async with asyncio.timeout(timeout):
+                await chan.wait_closed()
+        except TimeoutError:
+            await self._close_channel(conn, chan, host, port)
+            raise SSHCommandTimeout(
+                f"command {name!r} on {host}:{port} timed out after {timeout:g}s",
+                host=host,
+                port=port,
+                command=command,
+                timeout=timeout,
+            ) from None
+        except BaseException:
+            # Cancelled: clean up the same way as on a timeout, then let the cancellation go on.
+            await self._close_channel(conn, chan, host, port)
+            raise
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # A cancellation requested as the command ended is honoured rather than reported as
+            # a success (the channel is closed already).
+            raise asyncio.CancelledError
         duration = time.monotonic() - started
-        stdout = completed.stdout if isinstance(completed.stdout, str) else ""
-        stderr = completed.stderr if isinstance(completed.stderr, str) else ""
-        status = completed.returncode
+        status = chan.get_returncode()
         if status is None:
             # The channel closed without an exit status: the connection went away.
+            why = f": {_clip(session.exc)}" if session.exc is not None else ""
             raise SSHUnreachable(
-                f"SSH connection to {host}:{port} closed before {name!r} finished",
+                f"SSH connection to {host}:{port} closed before {name!r} finished{why}",
                 host=host,
                 port=port,
             )
-        result = CommandResult(status, stdout, stderr, duration)
-        log.debug("ssh %s:%d %r exited %d in %.3fs", host, port, name, status, duration)
+        stdout, stderr = session.decoded()
+        result = CommandResult(
+            status,
+            stdout,
+            stderr,
+            duration,
+            stdout_dropped=session.stdout_dropped,
+            stderr_dropped=session.stderr_dropped,
+        )
+        log.debug(
+            "ssh %s:%d %r exited %d in %.3fs (%d+%d output bytes dropped)",
+            host,
+            port,
+            name,
+            status,
+            duration,
+            session.stdout_dropped,
+            session.stderr_dropped,
+        )
         if check and status != 0:
             tail = _tail(stderr)
-            how = (
-                f"killed by signal {completed.exit_signal[0]}"
-                if completed.exit_signal
-                else f"exited {status}"
+            signal = chan.get_exit_signal()
+            how = f"killed by signal {_clip(signal[0], 32)}" if signal else f"exited {status}"
+            shown = _clip(
+                tail.strip()[-MESSAGE_STDERR_CHARS:], MESSAGE_STDERR_CHARS, keep_lines=True
             )
             raise SSHCommandFailed(
-                f"command {name!r} on {host}:{port} {how}: {tail.strip()[-500:]}",
+                f"command {name!r} on {host}:{port} {how}: {shown}",
                 host=host,
                 port=port,
                 command=command,
@@ -492,6 +774,16 @@ class SSHExecutor:
                 stdout_tail=_tail(stdout),
             )
         return result
+
+
+def _close_unowned_channel(
+    opening: asyncio.Future[
+        tuple[asyncssh.SSHClientChannel[bytes], asyncssh.SSHClientSession[bytes]]
+    ],
+) -> None:
+    if opening.cancelled() or opening.exception() is not None:
+        return  # nothing opened (and the failure is retrieved, so it is not logged as lost)
+    opening.result()[0].close()
 
 
 __all__ = ["CommandResult", "SSHCredentials", "SSHExecutor", "build_remote_command"]
