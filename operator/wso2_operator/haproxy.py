@@ -14,6 +14,7 @@ from typing import Any, Literal
 from .errors import (
     ConfigError,
     HAProxyError,
+    LBProtocolError,
     LBUnreachable,
     NoSuchBackend,
     NoSuchServer,
@@ -22,9 +23,11 @@ from .errors import (
     WSO2OperatorError,
 )
 from .haproxy_parse import (
+    FIELD_CAP,
     NAME_RE,
     ServerStat,
     ServerState,
+    clip,
     merge_state,
     parse_servers_state,
     parse_show_stat,
@@ -54,11 +57,17 @@ class LBClient:
         return f"<LBClient {self.name} via {self.transport!r}>"
 
     async def command(self, line: str) -> str:
-        """Raw command; LBUnreachable is re-raised naming this LB."""
+        """Raw command; LBUnreachable and LBProtocolError are re-raised naming this LB.
+
+        The reply is remote text (bounded by the transport's REPLY_CAP); callers parse it with
+        haproxy_parse, which bounds whatever it keeps.
+        """
         try:
             return await self.transport.command(line)
         except LBUnreachable as exc:
             raise LBUnreachable(f"LB {self.name}: {exc}", lb=self.name) from exc
+        except LBProtocolError as exc:
+            raise LBProtocolError(f"LB {self.name}: {exc}", lb=self.name) from exc
         except WSO2OperatorError as exc:
             exc.add_note(f"while talking to LB {self.name}")
             raise
@@ -73,7 +82,7 @@ class LBClient:
         """
         for attempt in (1, 2):
             info = await self.command("show info")
-            stopping = re.search(r"^Stopping:\s*(\d+)", info, re.M)
+            stopping = re.search(r"^Stopping:[ \t]*([0-9]+)", info, re.M)
             if not stopping or stopping.group(1) == "0":
                 return
             log.info(
@@ -117,9 +126,10 @@ class LBClient:
             return None
 
     async def cli_level(self) -> str:
+        """The socket's level ("admin", "operator", "user"); remote text, so clipped."""
         reply = await self.command("show cli level")
         raise_for_error(reply, lb=self.name, command="show cli level")
-        return reply.strip()
+        return clip(reply.strip(), FIELD_CAP)
 
     async def show_stat(self, backend: str, *, check_worker: bool = True) -> dict[str, ServerStat]:
         _check_name("backend", backend)

@@ -41,22 +41,74 @@ CHK_ST_PAUSED = 0x08
 PASSING_CHECKS = frozenset({"L4OK", "L6OK", "L7OK", "L7OKC"})
 
 # HAProxy accepts more in names, but these are the characters that are safe to put on a CLI line
-# unquoted (no spaces, no ';', no '/').
+# unquoted (no spaces, no ';', no '/'). They are also exactly the characters HAProxy 2.6 allows in
+# proxy and server names (tools.c invalid_char()), so a reply naming anything else is corrupt.
 NAME_RE = re.compile(r"[A-Za-z0-9_.:-]+")
+
+# Everything below is remote input (a TCP admin socket has no authentication, and any LB may be
+# broken), so every string that leaves this module is bounded and printable:
+# * REPLY_TEXT_CAP: reply text quoted in an exception message or kept in ``exc.reply``; enough
+#   for any HAProxy error line ("Require 'backend/server'.") and short enough for a log line
+#   or a status condition.
+# * FIELD_CAP: ``status``/``check_status``, which go into the CR status and events; the longest
+#   real value is "MAINT (resolution)" (18 chars).
+# * NAME_CAP: server names in replies. HAProxy sets no limit, but ours come from the spec.
+# * RAW_FIELD_CAP: each value kept in ``raw`` (real ones are short: addr, check_desc...).
+REPLY_TEXT_CAP = 200
+FIELD_CAP = 64
+NAME_CAP = 128
+RAW_FIELD_CAP = 256
+
+# HAProxy prints counters as plain ASCII decimals. int() would also take " 7", "+7", "1_000" and
+# non-ASCII digits ("\u0663"), and up to 4300 digits: none of those is a real HAProxy number.
+_INT_RE = re.compile(r"-?[0-9]{1,18}")
+_UINT_RE = re.compile(r"[0-9]{1,18}")
+
+
+def clip(text: str, limit: int = REPLY_TEXT_CAP) -> str:
+    """Remote text made safe for a message: non-printable characters (terminal escapes, NUL,
+    line breaks, bidi overrides) become '?', and the result has at most ``limit`` (>= 3)
+    characters, "..." marking a cut. Only the kept part is scanned, whatever the input size."""
+    cut = len(text) > limit
+    head = text[: limit - 3] if cut else text
+    cleaned = "".join(c if c.isprintable() else "?" for c in head)
+    return cleaned + "..." if cut else cleaned
 
 
 def _int(value: str | None) -> int:
-    try:
-        return int(value) if value not in (None, "") else 0
-    except ValueError:
+    """A lenient counter: empty or malformed reads as 0 (HAProxy leaves unused columns empty)."""
+    if value is None or not _INT_RE.fullmatch(value):
         return 0
+    return int(value)
 
 
 def _opt_int(value: str | None) -> int | None:
-    try:
-        return int(value) if value not in (None, "", "-") else None
-    except ValueError:
+    if value is None or not _INT_RE.fullmatch(value):
         return None
+    return int(value)
+
+
+def _sessions(value: str | None, column: str, lb: str | None) -> int:
+    """``scur``/``qcur`` strictly: a garbled count must not read as 0, because 0 sessions is
+    what lets a drain finish and the node be taken down."""
+    if value is None or value == "":
+        return 0  # HAProxy leaves the column empty where it does not apply
+    if not _UINT_RE.fullmatch(value):
+        raise LBProtocolError(f"'show stat': bad {column} value {clip(value, 40)!r}", lb=lb)
+    return int(value)
+
+
+def _field(value: str | None) -> str:
+    return clip(value or "", FIELD_CAP)
+
+
+def _raw(rec: dict[str, str]) -> dict[str, str]:
+    return {k[:RAW_FIELD_CAP]: v[:RAW_FIELD_CAP] for k, v in rec.items()}
+
+
+def _check_row_name(name: str, what: str, lb: str | None) -> None:
+    if len(name) > NAME_CAP or not NAME_RE.fullmatch(name):
+        raise LBProtocolError(f"{what}: invalid server name {clip(name, 40)!r}", lb=lb)
 
 
 @dataclass(frozen=True)
@@ -186,11 +238,16 @@ def raise_for_error(
     server: str = "",
     expect_empty: bool = False,
 ) -> None:
-    """Turn HAProxy's textual errors into typed ones. HAProxy has no status codes."""
-    text = reply.strip()
-    if not text:
+    """Turn HAProxy's textual errors into typed ones. HAProxy has no status codes.
+
+    The reply is remote text: only a clipped, sanitised copy goes into the message and into
+    ``exc.reply`` (see ``clip``).
+    """
+    full = reply.strip()
+    if not full:
         return
-    first = text.splitlines()[0]
+    first = full.splitlines()[0]
+    text = clip(full)
     where = f"LB {lb}: " if lb else ""
     if first.startswith("No such server"):
         raise NoSuchServer(
@@ -215,11 +272,14 @@ def raise_for_error(
         )
     if first.startswith("Unknown command"):
         raise UnknownCommand(
-            f"{where}HAProxy does not know {command!r}", lb=lb, command=command, reply=first
+            f"{where}HAProxy does not know {command!r}",
+            lb=lb,
+            command=command,
+            reply=clip(first),
         )
     if expect_empty:
         raise HAProxyCommandError(
-            f"{where}{command!r} failed: {first}", lb=lb, command=command, reply=text
+            f"{where}{command!r} failed: {clip(first)}", lb=lb, command=command, reply=text
         )
 
 
@@ -235,32 +295,37 @@ def parse_show_stat(
     while lines and not lines[0].strip():
         lines.pop(0)
     if not lines or not lines[0].startswith("# "):
-        raise LBProtocolError(f"unexpected 'show stat' reply: {text[:200]!r}", lb=lb)
+        raise LBProtocolError(f"unexpected 'show stat' reply: {clip(text)}", lb=lb)
     header = [h.strip() for h in lines[0][2:].split(",")]
     for required in ("pxname", "svname", "status", "scur", "qcur"):
         if required not in header:
             raise LBProtocolError(f"'show stat' header lacks {required!r}", lb=lb)
     out: dict[str, ServerStat] = {}
-    for row in csv.reader(ln for ln in lines[1:] if ln.strip()):
-        rec = dict(zip(header, row, strict=False))
-        if backend is not None and rec.get("pxname") != backend:
-            continue
-        name = rec.get("svname", "")
-        if not name or name in ("FRONTEND", "BACKEND"):
-            continue
-        out[name] = ServerStat(
-            name=name,
-            status=rec.get("status", ""),
-            scur=_int(rec.get("scur")),
-            qcur=_int(rec.get("qcur")),
-            check_status=rec.get("check_status", ""),
-            weight=_int(rec.get("weight")),
-            lastchg=_opt_int(rec.get("lastchg")),
-            check_health=_opt_int(rec.get("check_health")),
-            check_rise=_opt_int(rec.get("check_rise")),
-            check_fall=_opt_int(rec.get("check_fall")),
-            raw=rec,
-        )
+    try:
+        for row in csv.reader(ln for ln in lines[1:] if ln.strip()):
+            rec = dict(zip(header, row, strict=False))
+            if backend is not None and rec.get("pxname") != backend:
+                continue
+            name = rec.get("svname", "")
+            if not name or name in ("FRONTEND", "BACKEND"):
+                continue
+            _check_row_name(name, "'show stat'", lb)
+            out[name] = ServerStat(
+                name=name,
+                status=_field(rec.get("status")),
+                scur=_sessions(rec.get("scur"), "scur", lb),
+                qcur=_sessions(rec.get("qcur"), "qcur", lb),
+                check_status=_field(rec.get("check_status")),
+                weight=_int(rec.get("weight")),
+                lastchg=_opt_int(rec.get("lastchg")),
+                check_health=_opt_int(rec.get("check_health")),
+                check_rise=_opt_int(rec.get("check_rise")),
+                check_fall=_opt_int(rec.get("check_fall")),
+                raw=_raw(rec),
+            )
+    except csv.Error as exc:
+        # e.g. "field larger than field limit (131072)": not an error type callers expect.
+        raise LBProtocolError(f"malformed 'show stat' CSV: {clip(str(exc))}", lb=lb) from None
     return out
 
 
@@ -278,18 +343,18 @@ def parse_servers_state(
         if header is None:
             if ln.strip().isdigit():  # format version, "1" in 2.x
                 continue
-            raise LBProtocolError(f"unexpected 'show servers state' reply: {text[:200]!r}", lb=lb)
+            raise LBProtocolError(f"unexpected 'show servers state' reply: {clip(text)}", lb=lb)
         rec = dict(zip(header, ln.split(), strict=False))
         if backend is not None and rec.get("be_name") != backend:
             continue
         name = rec.get("srv_name")
         if not name:
             continue
-        try:
-            op_state = int(rec["srv_op_state"])
-            admin_flags = int(rec["srv_admin_state"])
-        except (KeyError, ValueError):
-            raise LBProtocolError(f"bad 'show servers state' row: {ln[:200]!r}", lb=lb) from None
+        _check_row_name(name, "'show servers state'", lb)
+        op_raw, admin_raw = rec.get("srv_op_state", ""), rec.get("srv_admin_state", "")
+        if not _UINT_RE.fullmatch(op_raw) or not _UINT_RE.fullmatch(admin_raw):
+            raise LBProtocolError(f"bad 'show servers state' row: {clip(ln)}", lb=lb)
+        op_state, admin_flags = int(op_raw), int(admin_raw)
         out[name] = ServerState(
             name=name,
             op_state=op_state,
@@ -299,10 +364,10 @@ def parse_servers_state(
             check_health=_opt_int(rec.get("srv_check_health")),
             check_state=_opt_int(rec.get("srv_check_state")),
             time_since_last_change=_opt_int(rec.get("srv_time_since_last_change")),
-            raw=rec,
+            raw=_raw(rec),
         )
     if header is None:
-        raise LBProtocolError(f"unexpected 'show servers state' reply: {text[:200]!r}", lb=lb)
+        raise LBProtocolError(f"unexpected 'show servers state' reply: {clip(text)}", lb=lb)
     return out
 
 
@@ -335,10 +400,15 @@ def fresh_pass_after_forced_down(s: ServerStat) -> bool:
 
 
 __all__ = [
+    "FIELD_CAP",
+    "NAME_CAP",
     "NAME_RE",
+    "RAW_FIELD_CAP",
+    "REPLY_TEXT_CAP",
     "AdminState",
     "ServerStat",
     "ServerState",
+    "clip",
     "fresh_pass_after_forced_down",
     "merge_state",
     "parse_servers_state",

@@ -4,6 +4,11 @@ One long-lived connection per LB: in the default mode HAProxy closes the socket 
 reply, and over SSH a new channel per command costs ~46 ms against ~0.2 ms on a kept one.
 Commands on one connection are serialized with a lock, because replies are only delimited by
 the ``\\n> `` prompt.
+
+The peer is not trusted: a TCP admin socket has no authentication, and anything may listen on a
+configured address. So every read is bounded in size (``REPLY_CAP``, ``HANDSHAKE_CAP``) and in
+time (``connect_timeout``, ``command_timeout``), and whatever the peer sends ends in a typed
+error (LBProtocolError, LBUnreachable) that never quotes the peer's bytes.
 """
 
 from __future__ import annotations
@@ -16,7 +21,14 @@ from typing import Any, Protocol
 
 import asyncssh
 
-from .errors import HostKeyMismatch, LBUnreachable, SSHAuthFailed, SSHUnreachable
+from .errors import (
+    HostKeyMismatch,
+    LBProtocolError,
+    LBUnreachable,
+    SSHAuthFailed,
+    SSHUnreachable,
+)
+from .haproxy_parse import clip
 from .ssh import SSHExecutor
 
 log = logging.getLogger(__name__)
@@ -24,7 +36,21 @@ log = logging.getLogger(__name__)
 PROMPT_END = b"\n> "
 # HAProxy drops a command longer than tune.bufsize (16 KiB) without any reply.
 MAX_LINE = 8192
-STREAM_LIMIT = 8 * 1024 * 1024
+# Largest reply accepted, prompt included. `show stat <backend> 4 -1` for a backend with
+# hundreds of servers is well under 1 MiB (~1 KiB per server row), `show info` ~2 KiB; a peer
+# that sends more without a prompt is not a HAProxy we can talk to. Bounds memory per LB.
+REPLY_CAP = 2 * 1024 * 1024
+# The connect handshake (`prompt`, `set timeout cli`) gets a few bytes back from a real HAProxy.
+HANDSHAKE_CAP = 64 * 1024
+# Bytes asked for per read. Replies are assembled here, not in the stream, so the stream only
+# buffers what arrives between two reads.
+READ_CHUNK = 64 * 1024
+# asyncio streams pause the socket once 2 * limit bytes are buffered unread.
+STREAM_LIMIT = 64 * 1024
+# The SSH channel's receive window: asyncssh stops reopening it once this much is buffered
+# unread, so that is all a peer can push ahead of our reads (and sshd must respect it). Pinned
+# rather than left to asyncssh's default (2 MiB today) so the bound does not move under us.
+SSH_WINDOW = 1024 * 1024
 
 
 class Transport(Protocol):
@@ -38,7 +64,58 @@ class Transport(Protocol):
 
 
 class _Reader(Protocol):
-    async def readuntil(self, separator: bytes) -> bytes: ...
+    """What is used of asyncio.StreamReader and asyncssh.SSHReader: ``read(n)`` returns up to
+    ``n`` bytes as soon as any are available, and b"" at EOF."""
+
+    async def read(self, n: int) -> bytes: ...
+
+
+class _TooLong(Exception):
+    """Internal: no prompt within the cap."""
+
+
+class _ExtraData(Exception):
+    """Internal: the peer sent bytes after the prompt, unasked (the reply itself is complete)."""
+
+    def __init__(self, reply: bytes):
+        super().__init__()
+        self.reply = reply
+
+
+async def _read_until_prompt(reader: _Reader, cap: int) -> bytes:
+    """Read up to and including the next prompt, never holding more than ``cap`` + a chunk.
+
+    Not ``readuntil``: asyncio's raises LimitOverrunError/ValueError past the stream limit (after
+    buffering up to twice that limit), and asyncssh's raises IncompleteReadError once its window
+    is full, which looks like a lost connection. Here a reply over ``cap`` is a _TooLong, and
+    EOF an IncompleteReadError without the partial data (it may be large and is never needed).
+    Chunks are kept as they come and joined once, at the end of a reply within the cap.
+    """
+    chunks: list[bytes] = []
+    size = 0  # bytes in chunks
+    tail = b""  # the last bytes read before this chunk: the prompt may straddle two reads
+    while True:
+        chunk = await reader.read(READ_CHUNK)
+        if not chunk:
+            raise asyncio.IncompleteReadError(b"", None)
+        window = tail + chunk
+        found = window.find(PROMPT_END)
+        chunks.append(chunk)
+        if found >= 0:
+            end = size - len(tail) + found + len(PROMPT_END)
+            size += len(chunk)
+            if end > cap:
+                raise _TooLong()
+            data = b"".join(chunks)
+            if end != size:
+                # HAProxy sends nothing unasked in prompt mode; whatever this is would be read
+                # as the start of the next reply.
+                raise _ExtraData(data[:end])
+            return data
+        size += len(chunk)
+        if size > cap:
+            raise _TooLong()
+        tail = window[-(len(PROMPT_END) - 1) :]
 
 
 class _InteractiveTransport(ABC):
@@ -75,12 +152,12 @@ class _InteractiveTransport(ABC):
                 reader, writer = await self._open_streams()
                 try:
                     writer.write(b"prompt\n")
-                    await reader.readuntil(PROMPT_END)
+                    await self._handshake_reply(reader, "prompt")
                     if self.cli_timeout:
                         # Keep the idle connection for longer than the default 10 s stats
                         # timeout; the reply is ignored (older levels may refuse it).
                         writer.write(f"set timeout cli {self.cli_timeout}\n".encode())
-                        await reader.readuntil(PROMPT_END)
+                        await self._handshake_reply(reader, "set timeout cli")
                 except BaseException:
                     writer.close()
                     raise
@@ -93,11 +170,20 @@ class _InteractiveTransport(ABC):
         except (HostKeyMismatch, SSHAuthFailed):
             raise  # definitive: the caller must see exactly why
         except (OSError, EOFError, asyncio.IncompleteReadError, asyncssh.Error) as exc:
-            reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
-            raise LBUnreachable(f"{self.description}: cannot connect: {reason}") from exc
+            raise LBUnreachable(f"{self.description}: cannot connect: {_reason(exc)}") from exc
         self._reader, self._writer = reader, writer
         self._last_used = time.monotonic()
         log.debug("%s: connected in %.3fs", self.description, time.monotonic() - started)
+
+    async def _handshake_reply(self, reader: _Reader, what: str) -> None:
+        try:
+            await _read_until_prompt(reader, HANDSHAKE_CAP)
+        except (_TooLong, _ExtraData):
+            raise LBProtocolError(
+                f"{self.description}: the reply to {what!r} while connecting is not HAProxy's "
+                f"(no prompt within {HANDSHAKE_CAP} bytes, or data after it); is this "
+                "address a HAProxy stats socket?"
+            ) from None
 
     async def _drop(self) -> None:
         writer, self._reader, self._writer = self._writer, None, None
@@ -111,8 +197,10 @@ class _InteractiveTransport(ABC):
         """Send one command line; return HAProxy's reply text without the prompt.
 
         Raises LBUnreachable if the socket cannot be reached or does not answer within
-        ``command_timeout``. Error texts such as "No such server." are returned as-is
-        (LBClient turns them into typed errors).
+        ``command_timeout``, and LBProtocolError if the reply has no prompt within
+        ``REPLY_CAP`` bytes; either way the connection is dropped and the next command opens a
+        new one. Error texts such as "No such server." are returned as-is (LBClient turns them
+        into typed errors).
         """
         if "\n" in line or "\r" in line or ";" in line:
             # ';' would make HAProxy send several prompts for one line and desync the framing.
@@ -130,15 +218,32 @@ class _InteractiveTransport(ABC):
                 if self._writer is None:
                     await self._connect()
                     fresh = True
+                verb = " ".join(line.split(" ")[:2])  # e.g. "show stat": names it, not the args
                 try:
                     async with asyncio.timeout(self.command_timeout):
                         self._writer.write(payload)
-                        data: bytes = await self._reader.readuntil(PROMPT_END)
+                        data = await _read_until_prompt(self._reader, REPLY_CAP)
+                except _TooLong:
+                    # Not retried: HAProxy may have run the command. The rest of the reply would
+                    # desync the connection, so it goes too.
+                    await self._drop()
+                    raise LBProtocolError(
+                        f"{self.description}: reply to {verb!r} exceeds {REPLY_CAP} bytes "
+                        "without a prompt; connection dropped"
+                    ) from None
+                except _ExtraData as extra:
+                    # The reply is whole, but the connection cannot be trusted to stay in step.
+                    log.warning(
+                        "%s: unexpected data after the reply to %r; reconnecting next time",
+                        self.description,
+                        verb,
+                    )
+                    await self._drop()
+                    data = extra.reply
                 except TimeoutError:
                     await self._drop()
                     raise LBUnreachable(
-                        f"{self.description}: no reply to {line.split(' ')[0]!r} within "
-                        f"{self.command_timeout:g}s"
+                        f"{self.description}: no reply to {verb!r} within {self.command_timeout:g}s"
                     ) from None
                 except (
                     asyncio.IncompleteReadError,
@@ -151,10 +256,14 @@ class _InteractiveTransport(ABC):
                         # A kept connection closed under us (idle timeout, LB reload, SSH
                         # reconnect). HAProxy answers every command it runs, so no reply means
                         # it was not run: retrying once on a new connection is safe.
-                        log.debug("%s: connection lost (%s), reconnecting", self.description, exc)
+                        log.debug(
+                            "%s: connection lost (%s), reconnecting",
+                            self.description,
+                            _reason(exc),
+                        )
                         continue
                     raise LBUnreachable(
-                        f"{self.description}: connection lost: {exc or type(exc).__name__}"
+                        f"{self.description}: connection lost: {_reason(exc)}"
                     ) from exc
                 except BaseException:
                     # Cancelled between sending and reading the whole reply: the rest of that
@@ -162,8 +271,7 @@ class _InteractiveTransport(ABC):
                     await self._drop()
                     raise
                 self._last_used = time.monotonic()
-                reply = data[: -len(PROMPT_END)].decode("utf-8", "replace")
-                return reply[:-1] if reply.endswith("\n") else reply
+                return _decode_reply(data)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def reset(self) -> None:
@@ -218,14 +326,38 @@ class SshUnixTransport(_InteractiveTransport):
     async def _open_streams(self) -> tuple[Any, Any]:
         conn = await self.executor.connection(self.host, self.port)
         try:
-            return await conn.open_unix_connection(self.path)
+            return await conn.open_unix_connection(self.path, window=SSH_WINDOW)
         except asyncssh.ChannelOpenError as exc:
             # sshd says only "open failed" for a missing socket, a refused connect (HAProxy
             # down or reloading) or a permission problem.
             raise LBUnreachable(
-                f"{self.description}: sshd could not open the socket ({exc.reason}); is HAProxy "
-                "running and the path right?"
+                f"{self.description}: sshd could not open the socket ({_reason(exc)}); is "
+                "HAProxy running and the path right?"
             ) from exc
 
 
-__all__ = ["SshUnixTransport", "TcpTransport", "Transport", "UnixSocketTransport"]
+def _decode_reply(data: bytes) -> str:
+    """The reply text without the prompt, and without the reply's own final newline (the prompt
+    starts with one more). Decoded from a view: a reply near REPLY_CAP is not copied again."""
+    end = len(data) - len(PROMPT_END)
+    if end > 0 and data[end - 1] == 0x0A:
+        end -= 1
+    with memoryview(data) as view:
+        return str(view[:end], "utf-8", "replace")
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception's reason for a message. asyncssh reasons (disconnect, channel open failure)
+    are the server's text, so they are sanitised and capped like any reply text."""
+    reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+    return clip(str(reason))
+
+
+__all__ = [
+    "HANDSHAKE_CAP",
+    "REPLY_CAP",
+    "SshUnixTransport",
+    "TcpTransport",
+    "Transport",
+    "UnixSocketTransport",
+]
