@@ -3,9 +3,18 @@
 It accepts kopf's usual flags (--namespace/-A, --standalone, --liveness, --priority, --peering)
 plus a few of its own, which it consumes before handing the rest to kopf:
 
-  --metrics-port N      serve Prometheus metrics on :N (0: off, the default)
+  --metrics-port N      serve Prometheus metrics on :N (0: off, the default; env
+                        WSO2_METRICS_PORT). No authentication: see README, Security model
+  --metrics-address A   the address the metrics endpoint binds (default 0.0.0.0, all
+                        interfaces: in a Pod, Prometheus scrapes the Pod IP, and the
+                        NetworkPolicy in manifests/ limits who reaches it; env
+                        WSO2_METRICS_ADDRESS). Use 127.0.0.1 outside a cluster
   --observe-period S    re-observe every S seconds when idle (default 30)
   --random-priority     pick a random peering priority, so that of two replicas exactly one acts
+  --require-secret-label
+                        use an SSH Secret only if it carries the label vmops.dev/ssh-access="true"
+                        (and, if it has the annotation vmops.dev/allowed-clusters, only for the
+                        WSO2Clusters it lists); the same as env WSO2_REQUIRE_SECRET_LABEL=1
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ import random
 import sys
 
 from .kube import PEERING_SCOPE_ENV
+from .secret_policy import REQUIRE_LABEL_ENV
 
 
 def peering_scope(kopf_args: list[str]) -> str:
@@ -27,26 +37,37 @@ def peering_scope(kopf_args: list[str]) -> str:
     return "cluster" if known.all_namespaces or not known.namespace else ",".join(known.namespace)
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def own_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """The operator's own flags (see the module doc), and the rest for kopf."""
     own = argparse.ArgumentParser(add_help=False)
     own.add_argument(
         "--metrics-port", type=int, default=int(os.environ.get("WSO2_METRICS_PORT", 0))
     )
+    own.add_argument(
+        "--metrics-address", default=os.environ.get("WSO2_METRICS_ADDRESS") or "0.0.0.0"
+    )
     own.add_argument("--observe-period", type=float, default=None)
     own.add_argument("--random-priority", action="store_true")
-    args, rest = own.parse_known_args(argv)
+    own.add_argument("--require-secret-label", action="store_true")
+    return own.parse_known_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, rest = own_args(argv)
     if "-h" in rest or "--help" in rest:
         print(__doc__)
     if args.observe_period is not None:
         os.environ["WSO2_OBSERVE_PERIOD"] = str(args.observe_period)
+    if args.require_secret_label:
+        os.environ[REQUIRE_LABEL_ENV] = "1"  # read by KubeAdapter.read_ssh_secret
     if args.random_priority:
         rest.append(f"--priority={random.randint(1, 1_000_000)}")
     os.environ[PEERING_SCOPE_ENV] = peering_scope(rest)
     if args.metrics_port:
         from .metrics import serve
 
-        serve(args.metrics_port)
+        serve(args.metrics_port, args.metrics_address)
 
     import kopf.cli
 

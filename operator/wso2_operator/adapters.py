@@ -11,17 +11,30 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from . import metrics
 from .errors import HostKeyMismatch, LBUnreachable, SSHAuthFailed, WSO2OperatorError
 from .health import HealthChecker
-from .model import ClusterSpec, NodeSpec
-from .planner import DOWN, DRAIN, MAINT, MISSING, NOLB, UNREACHABLE, UP, NodeObservation
+from .model import VERSION_RE, ClusterSpec, NodeSpec
+from .observation import (
+    DOWN,
+    DRAIN,
+    ERROR,
+    MAINT,
+    MISSING,
+    NOLB,
+    UNREACHABLE,
+    UP,
+    NodeObservation,
+)
 from .status import SetupProblem
+from .textcap import cap
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def normalize_lb_state(stat: Any) -> str:
@@ -109,71 +122,152 @@ def adapter_key(spec: ClusterSpec, key: bytes, known_hosts: str) -> str:
     return h.hexdigest()
 
 
+# One node's slow version probe, health check or LB must not hold up the others, nor the status
+# write and MAINT re-assertion that follow the observation: whatever has not answered by then
+# is reported as unknown for this pass (and a cancelled SSH probe is killed on the node).
+OBSERVE_DEADLINE = 10.0
+
+
+@dataclass(frozen=True)
+class LBView:
+    """node -> LB -> state, plus the first definitive error per LB that answered wrongly."""
+
+    states: dict[str, dict[str, str]]
+    errors: dict[str, WSO2OperatorError]
+
+
 async def observe(
-    spec: ClusterSpec, adapters: Adapters
-) -> tuple[dict[str, NodeObservation], SetupProblem | None]:
-    """Every node's version (SSH), health (HTTP) and state on every LB, concurrently."""
-    states, versions, health = await asyncio.gather(
-        lb_states(spec, adapters),
-        asyncio.gather(*(probe_version(spec, adapters, n) for n in spec.nodes)),
-        asyncio.gather(*(adapters.health.check(n.host, spec.health) for n in spec.nodes)),
+    spec: ClusterSpec,
+    adapters: Adapters,
+    extra_servers: Iterable[str] = (),
+    deadline: float = OBSERVE_DEADLINE,
+) -> tuple[dict[str, NodeObservation], SetupProblem | None, dict[str, dict[str, str]]]:
+    """Every node's version (SSH), health (HTTP) and state on every LB, concurrently.
+
+    Returns the observations, the first problem that stops the operator from acting (a refused
+    SSH key or host key, an LB that answers garbage), and the LB states of ``extra_servers``
+    (nodes that left the spec, watched until they are back in rotation).
+    """
+
+    async def bounded(coro: Awaitable[T], fallback: T) -> T:
+        try:
+            return await asyncio.wait_for(coro, deadline)
+        except TimeoutError:
+            return fallback
+
+    late = VersionProblem("VersionProbeTimeout", f"no answer within {deadline:g}s")
+    view, versions, health = await asyncio.gather(
+        bounded(lb_view(spec, adapters, extra_servers), None),
+        asyncio.gather(*(bounded(probe_version(spec, adapters, n), late) for n in spec.nodes)),
+        asyncio.gather(
+            *(
+                bounded(adapters.health.check(n.host, spec.health), (False, "timed out"))
+                for n in spec.nodes
+            )
+        ),
     )
+    if view is None:
+        names = [*spec.node_names, *extra_servers]
+        view = LBView({n: {c.name: UNREACHABLE for c in adapters.pool.clients} for n in names}, {})
     problem = next((v for v in versions if isinstance(v, SetupProblem)), None)
+    if problem is None and view.errors:
+        lb, err = next(iter(view.errors.items()))
+        problem = SetupProblem(reason_of(err, "LoadBalancerError"), cap(f"LB {lb}: {err}"))
     out = {}
     for node, v, (ok, _detail) in zip(spec.nodes, versions, health, strict=True):
         out[node.name] = NodeObservation(
             version=v if isinstance(v, str) else None,
             healthy=ok,
-            lb=states.get(node.name, {}),
+            lb=view.states.get(node.name, {}),
+            version_problem=v.message if isinstance(v, VersionProblem) else None,
         )
-    return out, problem
+    extra = {n: view.states.get(n, {}) for n in extra_servers}
+    return out, problem, extra
+
+
+@dataclass(frozen=True)
+class VersionProblem:
+    """The node answered, but not with a version (or not in time): the version is unknown."""
+
+    reason: str
+    message: str
+
+
+def parse_version_output(stdout: str, dropped: int = 0) -> str | VersionProblem:
+    """The version a versionCommand printed: exactly one line matching the CRD's pattern.
+
+    Anything else (several lines, a banner, megabytes) is not a version, and an unknown version
+    is never a reason to drain and reinstall a node.
+    """
+    text = stdout.strip()
+    if dropped or len(text) > 256 or "\n" in text or not VERSION_RE.fullmatch(text):
+        size = len(stdout.encode("utf-8", "replace")) + dropped
+        shown = cap(text.splitlines()[0] if text else "", 64)
+        return VersionProblem(
+            "VersionUnparsable",
+            f"versionCommand printed {size} bytes that are not one version "
+            f"(pattern {VERSION_RE.pattern}): {shown!r}",
+        )
+    return text
 
 
 async def probe_version(
     spec: ClusterSpec, adapters: Adapters, node: NodeSpec
-) -> str | SetupProblem | None:
+) -> str | VersionProblem | SetupProblem:
     try:
         r = await adapters.ssh_run(
             node.host,
             node.ssh_port,
             spec.version_command,
             env={"NODE_NAME": node.name},
-            timeout=min(60.0, spec.provision_timeout),
+            timeout=min(OBSERVE_DEADLINE, spec.provision_timeout),
         )
-        return r.stdout.strip() or None
     except (HostKeyMismatch, SSHAuthFailed) as e:
-        return SetupProblem(reason_of(e, "SSHFailed"), f"{node.name}: {e}")
+        return SetupProblem(reason_of(e, "SSHFailed"), cap(f"{node.name}: {e}"))
     except WSO2OperatorError as e:
-        log.info("version probe of %s failed: %s", node.name, e)
-        return None
+        log.info("version probe of %s failed: %s", node.name, cap(e))
+        return VersionProblem(reason_of(e, "VersionProbeFailed"), cap(e))
+    if not r.stdout.strip() and not getattr(r, "stdout_dropped", 0):
+        return VersionProblem("VersionEmpty", "versionCommand printed nothing")
+    return parse_version_output(r.stdout, getattr(r, "stdout_dropped", 0))
 
 
 async def lb_states(spec: ClusterSpec, adapters: Adapters) -> dict[str, dict[str, str]]:
     """node -> LB -> state. An LB that does not answer is Unreachable for every node."""
-    result: dict[str, dict[str, str]] = {n: {} for n in spec.node_names}
+    return (await lb_view(spec, adapters)).states
 
-    async def one(client):
+
+async def lb_view(
+    spec: ClusterSpec, adapters: Adapters, extra_servers: Iterable[str] = ()
+) -> LBView:
+    """Every node's state on every LB: Unreachable where an LB does not answer, Error where it
+    answers but not usably (garbage, not level admin, no such backend)."""
+    names = [*spec.node_names, *extra_servers]
+    result: dict[str, dict[str, str]] = {n: {} for n in names}
+    errors: dict[str, WSO2OperatorError] = {}
+
+    async def one(client: Any) -> tuple[str, dict[str, Any] | None, str]:
         try:
             async with timed("lb"):
                 # show stat alone reports a DOWN server in DRAIN as plain DOWN; the merged view
                 # carries the real admin flags.
-                stats = await client.servers(spec.backend)
+                return client.name, await client.servers(spec.backend), ""
         except LBUnreachable:
-            return client.name, None
+            return client.name, None, UNREACHABLE
         except WSO2OperatorError as e:
-            log.warning("LB %s: %s", client.name, e)
-            return client.name, None
-        return client.name, stats
+            log.warning("LB %s: %s", client.name, cap(e))
+            errors[client.name] = e
+            return client.name, None, ERROR
 
-    for lb_name, stats in await asyncio.gather(*(one(c) for c in adapters.pool.clients)):
-        for n in spec.node_names:
+    for lb_name, stats, failed in await asyncio.gather(*(one(c) for c in adapters.pool.clients)):
+        for n in names:
             if stats is None:
-                result[n][lb_name] = UNREACHABLE
+                result[n][lb_name] = failed
             elif n not in stats:
                 result[n][lb_name] = MISSING
             else:
                 result[n][lb_name] = normalize_lb_state(stats[n])
-    return result
+    return LBView(result, errors)
 
 
 def reason_of(e: Exception, default: str) -> str:
@@ -187,4 +281,6 @@ def reason_of(e: Exception, default: str) -> str:
         "NoSuchServer": "ServerNotFound",
         "NotAdmin": "SocketNotAdmin",
         "PermissionDenied": "SocketNotAdmin",
+        "LBProtocolError": "LoadBalancerProtocolError",
+        "SSHCommandTimeout": "VersionProbeTimeout",
     }.get(name, default)

@@ -22,7 +22,7 @@ from .kube import (
     ensure_peering,
     load_client_config,
 )
-from .reconciler import RETRY_ANNOTATION, ClusterReconciler, Settings
+from .reconciler import HAND_BACK_ANNOTATION, RETRY_ANNOTATION, ClusterReconciler, Settings
 
 
 @kopf.on.startup()
@@ -94,6 +94,11 @@ class _QuietWake(logging.Filter):
         return "Handler 'wake'" not in record.getMessage()
 
 
-def _trigger(body: kopf.Body) -> tuple[Any, Any]:
+def _trigger(body: kopf.Body) -> tuple[Any, Any, Any]:
     meta = body.get("metadata", {})
-    return meta.get("generation"), (meta.get("annotations") or {}).get(RETRY_ANNOTATION)
+    annotations = meta.get("annotations") or {}
+    return (
+        meta.get("generation"),
+        annotations.get(RETRY_ANNOTATION),
+        annotations.get(HAND_BACK_ANNOTATION),
+    )

@@ -16,8 +16,14 @@ import kopf
 import kubernetes
 from kubernetes.client.rest import ApiException
 
+from .textcap import MESSAGE_LIMIT, cap
+
 GROUP, VERSION, PLURAL = "vmops.dev", "v1alpha1", "wso2clusters"
 log = logging.getLogger(__name__)
+
+
+class StatusConflict(Exception):
+    """A conditional status write lost: the object changed since the resourceVersion we had."""
 
 
 class SecretProblem(Exception):
@@ -42,26 +48,80 @@ class KubeAdapter:
         self._custom = kubernetes.client.CustomObjectsApi()
         self._core = kubernetes.client.CoreV1Api()
 
-    async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-        """A merge patch of /status. Lists (nodes, conditions, history) are sent whole."""
+    async def patch_status(
+        self,
+        namespace: str,
+        name: str,
+        status: Mapping[str, Any],
+        resource_version: str | None = None,
+    ) -> str | None:
+        """A merge patch of /status; returns the object's new resourceVersion (None if gone).
 
-        def call() -> None:
-            self._custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, PLURAL, name, {"status": dict(status)}
+        Lists (nodes, conditions, history) are sent whole. With ``resource_version`` the write is
+        conditional: the apiserver refuses it with 409 (raised as StatusConflict) when anyone
+        wrote the object since, so two actors can never both record a decision made on the
+        same old status.
+        """
+        body: dict[str, Any] = {"status": dict(status)}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+
+        def call() -> Any:
+            return self._custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, PLURAL, name, body
             )
 
         try:
-            await asyncio.to_thread(call)
+            result = await asyncio.to_thread(call)
         except ApiException as e:
             if e.status == 404:
                 # Deleted under our feet: nothing to record, and no node is touched because of it.
                 log.info("%s/%s is gone; status not written", namespace, name)
-                return
+                return None
+            if e.status == 409:
+                raise StatusConflict(
+                    f"{namespace}/{name} changed since resourceVersion {resource_version}"
+                ) from None
+            raise
+        return str(((result or {}).get("metadata") or {}).get("resourceVersion") or "") or None
+
+    async def read_cluster(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The whole WSO2Cluster as the apiserver has it now (None if gone)."""
+
+        def call() -> Any:
+            return self._custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name
+            )
+
+        try:
+            return dict(await asyncio.to_thread(call))
+        except ApiException as e:
+            if e.status == 404:
+                return None
             raise
 
     async def read_ssh_secret(
-        self, namespace: str, name: str, key_key: str, hosts_key: str
+        self,
+        namespace: str,
+        name: str,
+        key_key: str,
+        hosts_key: str,
+        cluster: str = "",
+        require_label: bool | None = None,
     ) -> tuple[bytes, str]:
+        """The private key and known_hosts of the Secret the WSO2Cluster `cluster` names.
+
+        With the opt-in restriction (require_label, default from WSO2_REQUIRE_SECRET_LABEL) the
+        Secret's labels and annotations are checked first (secret_policy), before any data is
+        looked at: a refusal is SecretNotAllowed and names only what to add to the Secret.
+        """
+        import os  # local imports: only this method needs them
+
+        from .secret_policy import check_secret_use, required_by_env
+
+        if require_label is None:
+            require_label = required_by_env(os.environ)
+
         def call():
             return self._core.read_namespaced_secret(name, namespace)
 
@@ -77,6 +137,17 @@ class KubeAdapter:
                     "SecretForbidden", f"the operator may not read Secret {namespace}/{name}"
                 ) from None
             raise
+        meta = secret.metadata
+        refusal = check_secret_use(
+            meta.labels if meta else None,
+            meta.annotations if meta else None,
+            cluster,
+            require_label,
+            secret_namespace=namespace,
+            secret_name=name,
+        )
+        if refusal is not None:
+            raise SecretProblem(refusal.reason, refusal.message)
         data = secret.data or {}
         missing = [k for k in (key_key, hosts_key) if not data.get(k)]
         if missing:
@@ -130,6 +201,8 @@ def event(body: Mapping[str, Any], reason: str, message: str, warning: bool = Fa
     """A Kubernetes Event on the WSO2Cluster, posted in the background by kopf, and a log line:
     an operator's log should tell what it did without `kubectl get events`."""
     meta = body.get("metadata") or {}
+    # Messages can carry node or LB output: bounded like everything else that leaves the process.
+    message = cap(message, MESSAGE_LIMIT)
     log.log(
         logging.WARNING if warning else logging.INFO,
         "[%s/%s] %s: %s",

@@ -1,10 +1,17 @@
 """Prometheus metrics. prometheus-client is the reference exporter; nothing else is as well kept.
 
 The exporter is started by `--metrics-port` (see __main__); without it the calls below only
-update in-process values, which costs next to nothing.
+update in-process values, which costs next to nothing. It has no authentication and serves the
+series below plus the Python process metrics; the labels carry WSO2Cluster namespaces and names,
+step names and error class names, never hosts, commands or Secret data. `--metrics-address`
+picks the interface (0.0.0.0 by default, so Prometheus can scrape the Pod IP; the NetworkPolicy
+in manifests/ limits who can connect).
 """
 
 from __future__ import annotations
+
+import threading
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
@@ -44,8 +51,9 @@ ADAPTER_ERRORS = Counter(
 )
 
 
-def serve(port: int, addr: str = "0.0.0.0") -> None:
-    start_http_server(port, addr=addr)
+def serve(port: int, addr: str = "0.0.0.0") -> tuple[WSGIServer, threading.Thread]:
+    """Serve /metrics on addr:port from a daemon thread; returns the server (to shut it down)."""
+    return start_http_server(port, addr=addr)
 
 
 def rollout_started(namespace: str, name: str) -> None:

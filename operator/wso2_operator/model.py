@@ -8,10 +8,14 @@ created before a default was added to the CRD.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
+
+# spec.version's pattern in the CRD: what a versionCommand must print to count as a version.
+VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 
 
 class Phase(StrEnum):
@@ -221,3 +225,4 @@ class RolloutState:
     retry_token: str | None = None
     finished: bool = False  # the history entry for this rollout has been written
     rollback_failed: bool = False  # a rollback itself failed: hold everything for a human
+    hand_back_token: str | None = None  # the vmops.dev/hand-back value last acted on

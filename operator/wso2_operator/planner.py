@@ -15,8 +15,8 @@ invariants (property-tested in tests/unit/test_planner_properties.py) are the op
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from enum import StrEnum
 
 from .model import (
@@ -27,34 +27,18 @@ from .model import (
     Phase,
     RolloutState,
 )
-
-# Normalised per-LB server states (see adapters.normalize_lb_state).
-UP, DOWN, DRAIN, MAINT, NOLB = "UP", "DOWN", "DRAIN", "MAINT", "NOLB"
-UNREACHABLE, MISSING = "Unreachable", "Missing"
-
-
-@dataclass(frozen=True)
-class NodeObservation:
-    version: str | None = None  # None: the version probe did not answer
-    healthy: bool | None = None  # None: not checked
-    lb: Mapping[str, str] = field(default_factory=dict)  # LB name -> normalised state
-
-    def reachable_lb_states(self) -> list[str]:
-        return [s for s in self.lb.values() if s != UNREACHABLE]
-
-    @property
-    def in_rotation(self) -> bool:
-        states = self.reachable_lb_states()
-        return bool(states) and all(s == UP for s in states)
-
-    @property
-    def admin_out(self) -> bool:
-        """Taken out on purpose (DRAIN/MAINT) on at least one LB."""
-        return any(s in (DRAIN, MAINT) for s in self.lb.values())
-
-    @property
-    def available(self) -> bool:
-        return self.in_rotation and self.healthy is not False
+from .observation import (  # noqa: F401 - re-exported: the planner's vocabulary
+    DOWN,
+    DRAIN,
+    ERROR,
+    MAINT,
+    MISSING,
+    NOLB,
+    UNREACHABLE,
+    UP,
+    NodeObservation,
+)
+from .ownership import Reassert, audit_claims, held_by_someone_else
 
 
 class Blocked(StrEnum):
@@ -64,6 +48,8 @@ class Blocked(StrEnum):
     LB_UNREACHABLE = "LoadBalancerUnreachable"
     BUDGET = "NodesUnavailable"  # other nodes are down and use up maxUnavailable
     UNKNOWN_VERSION = "VersionUnknown"
+    LB_ERROR = "LoadBalancerError"  # an LB answers, but not as an admin socket for the backend
+    HELD_OUT = "NodeHeldOut"  # a node someone else took out blocks the rest of the rollout
 
 
 @dataclass(frozen=True)
@@ -81,12 +67,6 @@ class Retarget:
 
 
 @dataclass(frozen=True)
-class Reassert:
-    node: str
-    lbs: tuple[str, ...]  # LBs on which the node must be put back into MAINT
-
-
-@dataclass(frozen=True)
 class Plan:
     target: str
     rolling_back: bool = False
@@ -98,6 +78,10 @@ class Plan:
     blocked: Blocked | None = None
     blocked_message: str = ""
     complete: bool = False
+    # Out of rotation by someone else's hand: left alone and reported (see ownership.py).
+    held_out: tuple[str, ...] = ()
+    # Failed nodes that status says are out but serve, with no slot to take them out.
+    refused: tuple[str, ...] = ()
 
 
 def effective_target(spec: ClusterSpec, rollout: RolloutState) -> tuple[str, bool, bool]:
@@ -118,11 +102,19 @@ def plan(
     observed: Mapping[str, NodeObservation],
     progress: Mapping[str, NodeProgress],
     rollout: RolloutState,
+    owned: Collection[str] = (),
+    hand_back: Collection[str] = (),
 ) -> Plan:
+    """What to do next. ``owned``: nodes whose out-of-rotation claim this process proved or made
+    (see ownership.py); ``hand_back``: nodes an admin handed back to the operator."""
     target, rolling_back, held = effective_target(spec, rollout)
     names = spec.node_names
     prog = {n: progress.get(n, NodeProgress()) for n in names}
     obs = {n: observed.get(n, NodeObservation()) for n in names}
+    audit = audit_claims(spec, observed, progress, owned)
+    held_out = tuple(
+        n for n in held_by_someone_else(spec, observed, progress) if n not in hand_back
+    )
 
     in_flight = [n for n in names if prog[n].phase in IN_FLIGHT]
     unavailable = {
@@ -137,15 +129,15 @@ def plan(
         if prog[n].target != target
         and (prog[n].phase in RETARGETABLE or prog[n].phase == Phase.DRAINING)
     )
-    reassert = tuple(_reassertions(names, prog, obs))
-
     base = {
         "target": target,
         "rolling_back": rolling_back,
         "retarget": retarget,
-        "reassert": reassert,
+        "reassert": audit.reassert,
         "in_flight": tuple(in_flight),
         "unavailable": tuple(n for n in names if n in unavailable),
+        "held_out": held_out,
+        "refused": audit.refused,
     }
 
     complete = (
@@ -157,6 +149,7 @@ def plan(
         return Plan(**base, complete=True, blocked=Blocked.ROLLED_BACK if rolling_back else None)
 
     unreachable = sorted({lb for n in names for lb, s in obs[n].lb.items() if s == UNREACHABLE})
+    lb_errors = sorted({lb for n in names for lb, s in obs[n].lb.items() if s == ERROR})
     if spec.paused:
         return Plan(**base, blocked=Blocked.PAUSED, blocked_message="spec.update.paused is true")
     if held:
@@ -170,6 +163,15 @@ def plan(
                 + "; change spec.version or annotate vmops.dev/retry to try again"
             ),
         )
+    if lb_errors:
+        return Plan(
+            **base,
+            blocked=Blocked.LB_ERROR,
+            blocked_message=(
+                f"load balancer(s) {', '.join(lb_errors)} answer, but not as an admin socket "
+                f"for backend {spec.backend}"
+            ),
+        )
     if unreachable and not spec.tolerate_unreachable:
         return Plan(
             **base,
@@ -178,16 +180,17 @@ def plan(
         )
 
     def wants_update(n: str) -> bool:
-        if prog[n].phase in IN_FLIGHT:
+        if prog[n].phase in IN_FLIGHT or n in held_out or n in audit.refused:
             return False
         if prog[n].phase == Phase.FAILED:
             return True
         return obs[n].version is not None and obs[n].version != target
 
     def wants_reenable(n: str) -> bool:
-        # Current, healthy-looking, but someone (or an interrupted run) left it in DRAIN/MAINT.
+        # Current but out by an admin's hand, and the admin handed it back.
         return (
-            prog[n].phase not in IN_FLIGHT
+            n in hand_back
+            and prog[n].phase not in IN_FLIGHT
             and prog[n].phase != Phase.FAILED
             and obs[n].version == target
             and obs[n].admin_out
@@ -228,30 +231,23 @@ def plan(
             f"{', '.join(down)} out of rotation or unhealthy, which uses maxUnavailable="
             f"{spec.max_unavailable}; waiting before touching {waiting[0]}"
         )
+        if held_out:
+            message += (
+                f" ({', '.join(held_out)} taken out by someone else: hand back with the "
+                "vmops.dev/hand-back annotation)"
+            )
     elif not candidates and not in_flight:
         unknown = [n for n in names if obs[n].version is None]
-        if unknown:
+        if held_out:
+            blocked = Blocked.HELD_OUT
+            message = (
+                f"{', '.join(held_out)} taken out of rotation by someone else (MAINT/DRAIN not set "
+                "by the operator): left alone; hand back with the vmops.dev/hand-back annotation"
+            )
+        elif unknown:
             blocked = Blocked.UNKNOWN_VERSION
             message = f"cannot read the version of {', '.join(unknown)}"
     return Plan(**base, begin=tuple(begin), blocked=blocked, blocked_message=message)
-
-
-def _reassertions(names, prog, obs):
-    for n in names:
-        phase = prog[n].phase
-        if phase in (Phase.PROVISIONING, Phase.VERIFYING, Phase.FAILED):
-            allowed = {MAINT}
-        elif phase == Phase.WAITING_HEALTHY:
-            allowed = {MAINT, DRAIN}
-        else:
-            continue
-        lbs = tuple(
-            lb
-            for lb, s in obs[n].lb.items()
-            if s not in allowed and s not in (UNREACHABLE, MISSING)
-        )
-        if lbs:
-            yield Reassert(n, lbs)
 
 
 class StepKind(StrEnum):
@@ -298,6 +294,16 @@ def node_step(node: str, p: NodeProgress, spec: ClusterSpec, now: float) -> Step
     if p.phase == Phase.ENABLING:
         return Step(StepKind.ENABLE)
     return Step(StepKind.SOAK)
+
+
+def step_deadline(p: NodeProgress, spec: ClusterSpec, now: float) -> float | None:
+    """Seconds the node's next step may run before progressDeadlineSeconds (None: no limit).
+
+    A soak is exempt, as between steps: a node that reached it is already back in rotation.
+    """
+    if p.start is None or p.phase == Phase.SOAKING:
+        return None
+    return max(0.0, p.start + spec.progress_deadline - now)
 
 
 def display_phase(p: NodeProgress, o: NodeObservation, target: str) -> Phase:

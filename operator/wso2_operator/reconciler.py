@@ -15,13 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 from . import metrics
-from .adapters import Adapters, adapter_key, lb_states, observe, reason_of, timed
+from .adapters import Adapters, adapter_key, lb_view, observe, reason_of, timed
 from .errors import (
     WSO2OperatorError,
 )
@@ -34,6 +35,7 @@ from .model import (
     Phase,
     RolloutState,
 )
+from .ownership import DRAIN, Audit, apply_audit, audit_claims, proved_out
 from .planner import (
     NodeObservation,
     Plan,
@@ -41,19 +43,37 @@ from .planner import (
     effective_target,
     node_step,
     plan,
+    step_deadline,
 )
 from .status import (
     SetupProblem,
     append_history,
+    conditions_from_status,
     history_entry,
+    history_from_status,
     progress_from_status,
     rollout_from_status,
+    stored_token,
     summarize,
 )
+from .status_writer import StatusWriter, StoodDown
 from .steps import StepFailed, run_step
+from .textcap import cap
 
 log = logging.getLogger(__name__)
 RETRY_ANNOTATION = "vmops.dev/retry"
+# Names the nodes an admin took out by hand and now hands back to the operator; acted on once
+# per distinct value (recorded in status.rollout.handBackToken).
+HAND_BACK_ANNOTATION = "vmops.dev/hand-back"
+DEPARTED_LIMIT = 32  # removed nodes watched until back in rotation; bounded like all of status
+NODE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+def departed_from_status(status: Mapping[str, Any]) -> list[str]:
+    names = status.get("departedNodes")
+    if not isinstance(names, list):
+        return []
+    return [n for n in names if isinstance(n, str) and NODE_NAME_RE.fullmatch(n)][:DEPARTED_LIMIT]
 
 
 # Clean-ups that outlive a cancelled daemon; asyncio keeps only weak references to tasks.
@@ -70,6 +90,12 @@ class Settings:
     # took over, and kopf resumes the newcomer at once). The paused one cancels its step within
     # milliseconds; waiting this long first keeps two replicas from running the same step.
     resume_grace: float = 2.0
+
+    @property
+    def writer_lease(self) -> float:
+        """How long another writer's silence must last before this one acts again: every writer
+        writes status at least once per observe period."""
+        return 2 * self.observe_period + 15
 
 
 class ClusterReconciler:
@@ -89,12 +115,12 @@ class ClusterReconciler:
         self.kube = kube
         self.settings = settings or Settings()
         self._adapters_factory = adapters_factory
-        status = dict(body.get("status") or {})
-        self.progress: dict[str, NodeProgress] = progress_from_status(status)
-        self.rollout: RolloutState = rollout_from_status(status)
-        self.history: list[dict[str, Any]] = list(status.get("history") or [])
-        self.conditions: list[dict[str, Any]] = list(status.get("conditions") or [])
+        self.writer = StatusWriter(kube, namespace, name, None, lease=self.settings.writer_lease)
+        self._load(body)
         self.observed: dict[str, NodeObservation] = {}
+        # Nodes whose out-of-rotation claim this process proved or made (see ownership.py).
+        self.owned: set[str] = set()
+        self._reported: dict[str, set[str]] = {}  # Event reason -> nodes already reported
         self.problem: SetupProblem | None = None
         self.adapters: Adapters | None = None
         self._adapters_key = ""
@@ -103,6 +129,26 @@ class ClusterReconciler:
         self.wake = asyncio.Event()
         self._persist_lock = asyncio.Lock()
         self._last_plan: Plan | None = None
+
+    def _load(self, obj: Mapping[str, Any]) -> None:
+        """Resume state from an object's status (at start, and after standing down)."""
+        status = dict(obj.get("status") or {})
+        self.writer.adopt(obj)
+        self.progress: dict[str, NodeProgress] = progress_from_status(status)
+        self.rollout: RolloutState = rollout_from_status(status)
+        self.history: list[dict[str, Any]] = history_from_status(status)
+        self.conditions: list[dict[str, Any]] = conditions_from_status(status)
+        self.departed: list[str] = departed_from_status(status)
+        annotations = (obj.get("metadata") or {}).get("annotations") or {}
+        if not status.get("rollout"):
+            # No record of what was acted on (a new object, or status wiped): annotations that are
+            # already there are old requests, not new ones. A wiped status must not turn an old
+            # retry into an automatic retry of a version that failed.
+            self.rollout = replace(
+                self.rollout,
+                retry_token=stored_token(annotations.get(RETRY_ANNOTATION)),
+                hand_back_token=stored_token(annotations.get(HAND_BACK_ANNOTATION)),
+            )
 
     # ------------------------------------------------------------------ spec & adapters
     def spec(self) -> ClusterSpec:
@@ -113,11 +159,25 @@ class ClusterReconciler:
         return int(self.body.get("metadata", {}).get("generation") or 0)
 
     def retry_token(self) -> str | None:
-        return (self.body.get("metadata", {}).get("annotations") or {}).get(RETRY_ANNOTATION)
+        """The retry annotation as status stores it (long values hashed)."""
+        annotations = self.body.get("metadata", {}).get("annotations") or {}
+        return stored_token(annotations.get(RETRY_ANNOTATION))
+
+    def hand_back(self, spec: ClusterSpec) -> frozenset[str]:
+        """Nodes named by a hand-back annotation not acted on yet."""
+        token = (self.body.get("metadata", {}).get("annotations") or {}).get(HAND_BACK_ANNOTATION)
+        if not token or stored_token(token) == self.rollout.hand_back_token:
+            return frozenset()
+        words = str(token).replace(",", " ").split()
+        return frozenset(w for w in words if w in spec.node_names)
 
     async def _ensure_adapters(self, spec: ClusterSpec) -> Adapters:
         key, hosts = await self.kube.read_ssh_secret(
-            self.namespace, spec.secret_name, spec.private_key_key, spec.known_hosts_key
+            self.namespace,
+            spec.secret_name,
+            spec.private_key_key,
+            spec.known_hosts_key,
+            cluster=self.name,
         )
         k = adapter_key(spec, key, hosts)
         if self.adapters is None or k != self._adapters_key:
@@ -145,8 +205,20 @@ class ClusterReconciler:
                     self.settings.resume_grace,
                 )
                 await self._wait_stopped(self.settings.resume_grace, stopped)
+            # Resume from the freshest status, not the one kopf saw when it started the daemon:
+            # a replica that was stopping may have written since.
+            fresh = await self.kube.read_cluster(self.namespace, self.name)
+            if fresh is not None:
+                self._load(fresh)
             while not stopped:
-                active = await self.reconcile_once()
+                if self.writer.other is not None:
+                    await self._stand_by(stopped)
+                    continue
+                try:
+                    active = await self.reconcile_once()
+                except StoodDown as e:
+                    await self._stand_down(e)
+                    continue
                 period = self.settings.active_period if active else self.settings.observe_period
                 await self._wait(period, stopped)
         finally:
@@ -157,6 +229,31 @@ class ClusterReconciler:
             _CLEANUPS.add(cleanup)
             cleanup.add_done_callback(_CLEANUPS.discard)
             await asyncio.shield(cleanup)
+
+    async def _stand_down(self, e: StoodDown) -> None:
+        """Another operator wrote this cluster's status: stop every node task at once (a
+        cancelled command is killed on the node) and act no more until it goes silent."""
+        for t in self.tasks.values():
+            t.cancel()
+        if self.tasks:
+            await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        self.tasks.clear()
+        self.owned.clear()
+        event(
+            self.body,
+            "ConcurrentOperator",
+            f"{e}; this operator ({self.writer.identity}) stands down until it has been silent "
+            f"for {self.writer.lease:g}s",
+            warning=True,
+        )
+
+    async def _stand_by(self, stopped: Any) -> None:
+        await self._wait_stopped(self.settings.observe_period, stopped)
+        if stopped or await self.writer.other_still_active():
+            return
+        log.warning("[%s/%s] the other writer went silent; resuming", self.namespace, self.name)
+        if self.writer.fresh is not None:
+            self._load(self.writer.fresh)
 
     async def _shutdown(self) -> None:
         for t in self.tasks.values():
@@ -206,17 +303,24 @@ class ClusterReconciler:
             return bool(self.tasks)
 
         previous = self.observed
+        self._note_departed(spec)
+        extra: dict[str, dict[str, str]] = {}
         for _ in range(3):
             snapshot = dict(self.progress)
-            self.observed, self.problem = await observe(spec, adapters)
+            self.observed, self.problem, extra = await observe(spec, adapters, self.departed)
             # A node task that finished while we observed makes the observation stale for that
             # node (e.g. seen in DRAIN, now Current): planning on it would start it again.
-            if all(self.progress.get(n) is p for n, p in snapshot.items()):
+            if self._unchanged(snapshot):
                 break
         self._track_rollout(spec, now)
         self._detect_drift(spec, previous)
-        p = plan(spec, self.observed, self.progress, self.rollout)
+        self._release_departed(extra)
+        self._audit(spec)
+        hand_back = self.hand_back(spec)
+        p = plan(spec, self.observed, self.progress, self.rollout, self.owned, hand_back)
         self._last_plan = p
+        self._report_held(p)
+        snapshot = dict(self.progress)
         await self._reassert(spec, adapters, p)
 
         if p.begin and self.problem is None:
@@ -226,6 +330,19 @@ class ClusterReconciler:
             except WSO2OperatorError as e:
                 self.problem = SetupProblem(reason_of(e, "PreflightFailed"), f"preflight: {e}")
                 p = replace(p, begin=())
+        if p.begin and not self._unchanged(snapshot):
+            # A node task moved on while we re-asserted or checked the LBs: the plan was made on
+            # a world that is gone. Start nothing; the next pass plans again.
+            p = replace(p, begin=())
+        begun = {b.node for b in p.begin}
+        if hand_back and all(
+            n in begun or not self.observed.get(n, NodeObservation()).admin_out for n in hand_back
+        ):
+            # Every node handed back is back with the operator: the request is done.
+            annotations = self.body.get("metadata", {}).get("annotations") or {}
+            self.rollout = replace(
+                self.rollout, hand_back_token=stored_token(annotations.get(HAND_BACK_ANNOTATION))
+            )
         for b in p.begin:
             self.progress[b.node] = NodeProgress(
                 phase=b.phase,
@@ -235,16 +352,107 @@ class ClusterReconciler:
                 start=now,
                 message=f"{b.node}: starting update to {b.target}",
             )
+            self.owned.add(b.node)
             event(
                 self.body,
                 "NodeUpdateStarted",
                 f"{b.node}: updating {b.previous_version} -> {b.target}",
             )
+        # Written before any node task starts: a conflicting write (another operator) stops
+        # here, before the begun nodes are touched.
         await self.persist(spec, p)
         for n, prog in self.progress.items():
             if prog.phase in IN_FLIGHT and n not in self.tasks and n in spec.node_names:
                 self.tasks[n] = asyncio.create_task(self._drive_node(n), name=f"node-{n}")
         return bool(self.tasks) or bool(p.unavailable)
+
+    def _unchanged(self, snapshot: Mapping[str, NodeProgress]) -> bool:
+        return all(self.progress.get(n) is p for n, p in snapshot.items()) and len(snapshot) == len(
+            self.progress
+        )
+
+    # ------------------------------------------------------------------ claims and reports
+    def _audit(self, spec: ClusterSpec) -> None:
+        """Check status's out-of-rotation claims against the LBs before planning on them."""
+        for n in spec.node_names:
+            ph = self.progress.get(n, NodeProgress()).phase
+            if ph not in IN_FLIGHT and ph != Phase.FAILED:
+                self.owned.discard(n)
+            elif proved_out(self.observed.get(n, NodeObservation())):
+                self.owned.add(n)
+        audit: Audit = audit_claims(spec, self.observed, self.progress, self.owned)
+        self.progress = apply_audit(spec, self.observed, self.progress, audit, time.time())
+        for n in audit.redrain:
+            event(self.body, "ClaimRedrained", self.progress[n].message, warning=True)
+        for n in audit.discard:
+            event(self.body, "ClaimDiscarded", self.progress[n].message, warning=True)
+        self._report_once(
+            "ClaimRefused",
+            audit.refused,
+            lambda n: (
+                f"{n}: status says Failed, but the node serves and taking it out would exceed "
+                f"maxUnavailable={spec.max_unavailable}; left in rotation"
+            ),
+        )
+        for n in spec.node_names:
+            if self.progress.get(n, NodeProgress()).phase in IN_FLIGHT:
+                self.owned.add(n)  # every claim left in flight earned its slot above
+        for r in audit.reassert:
+            if r.state == DRAIN:
+                self.owned.add(r.node)
+
+    def _report_held(self, p: Plan) -> None:
+        self._report_once(
+            "NodeHeldOut",
+            p.held_out,
+            lambda n: (
+                f"{n} is out of rotation ("
+                + ", ".join(
+                    f"{lb}={s}" for lb, s in self.observed[n].lb.items() if s in ("MAINT", "DRAIN")
+                )
+                + ") and the operator did not take it out: left alone and not updated. Hand it "
+                f"back with: kubectl annotate w2c {self.name} {HAND_BACK_ANNOTATION}='{n} "
+                f"<any new word>' --overwrite"
+            ),
+        )
+
+    def _report_once(
+        self, reason: str, nodes: Iterable[str], message: Callable[[str], str]
+    ) -> None:
+        """A warning Event per node when it enters a condition, not on every pass."""
+        nodes = set(nodes)
+        seen = self._reported.setdefault(reason, set())
+        for n in sorted(nodes - seen):
+            event(self.body, reason, message(n), warning=True)
+        self._reported[reason] = nodes
+
+    def _note_departed(self, spec: ClusterSpec) -> None:
+        """A node removed from the spec while status had it out: it stays out on the LBs, so
+        say so, and keep watching it until it is back in rotation or gone from the backend."""
+        for n, p in list(self.progress.items()):
+            if n in spec.node_names:
+                continue
+            del self.progress[n]
+            self.owned.discard(n)
+            if (p.phase in IN_FLIGHT or p.phase == Phase.FAILED) and n not in self.departed:
+                self.departed.append(n)
+                event(
+                    self.body,
+                    "NodeRemovedWhileOut",
+                    f"{n} was removed from spec.nodes while {p.phase}: the operator no longer "
+                    "touches it, and it stays out of rotation on the LBs until someone puts it "
+                    "back (or removes it from the backend)",
+                    warning=True,
+                )
+        self.departed = [n for n in self.departed if n not in spec.node_names][:DEPARTED_LIMIT]
+
+    def _release_departed(self, extra: Mapping[str, Mapping[str, str]]) -> None:
+        still = []
+        for n in self.departed:
+            states = extra.get(n, {})
+            if any(s in ("MAINT", "DRAIN", "Unreachable", "Error") for s in states.values()):
+                still.append(n)
+        self.departed = still
 
     def _reap_tasks(self) -> None:
         for n, t in list(self.tasks.items()):
@@ -275,7 +483,7 @@ class ClusterReconciler:
     async def _refresh_node_lb(self, spec: ClusterSpec, node: str) -> None:
         if self.adapters is None:
             return
-        states = await lb_states(spec, self.adapters)
+        states = (await lb_view(spec, self.adapters)).states
         for n, lb in states.items():
             o = self.observed.get(n, NodeObservation())
             self.observed[n] = replace(o, lb=lb)
@@ -283,21 +491,26 @@ class ClusterReconciler:
     async def _reassert(self, spec: ClusterSpec, adapters: Adapters, p: Plan) -> None:
         planned = dict(self.progress)
         for r in p.reassert:
-            if r.node in self.tasks and self.progress[r.node].phase == Phase.WAITING_HEALTHY:
+            prog = self.progress.get(r.node, NodeProgress())
+            if r.node in self.tasks and prog.phase == Phase.WAITING_HEALTHY:
                 continue
-            if self.progress.get(r.node) is not planned.get(r.node):
+            if prog is not planned.get(r.node):
                 continue  # its task moved on (maybe to Enabling) since the plan: never fight it
             msg = (
                 f"{r.node} was back in rotation on {', '.join(r.lbs)} (HAProxy reload?); "
-                "MAINT re-asserted"
+                f"{r.state} re-asserted"
             )
             try:
                 async with timed("lb"):
-                    await adapters.pool.maint(spec.backend, r.node)
+                    if r.state == DRAIN:
+                        for c in adapters.pool.clients:
+                            if c.name in r.lbs:
+                                await c.set_state(spec.backend, r.node, "drain")
+                    else:
+                        await adapters.pool.maint(spec.backend, r.node)
                 event(self.body, "StateReasserted", msg, warning=True)
-                log.warning(msg)
             except WSO2OperatorError as e:
-                log.warning("could not re-assert MAINT on %s: %s", r.node, e)
+                log.warning("could not re-assert %s on %s: %s", r.state, r.node, cap(e))
 
     # ------------------------------------------------------------------ rollout bookkeeping
     def _track_rollout(self, spec: ClusterSpec, now: float) -> None:
@@ -368,14 +581,22 @@ class ClusterReconciler:
                 previous_conditions=self.conditions,
                 problem=self.problem,
                 now=time.time(),
+                departed=self.departed,
             )
             status["history"] = self.history
+            status["departedNodes"] = list(self.departed)
+            await self.writer.write(status)
             self.conditions = status["conditions"]
-            await self.kube.patch_status(self.namespace, self.name, status)
 
     # ------------------------------------------------------------------ one node
     async def _drive_node(self, name: str) -> None:
         """Runs one node's sequence to the end (or to Failed), persisting around each step."""
+        try:
+            await self._drive_node_steps(name)
+        except StoodDown:
+            return  # the loop stands down and cancels every node task
+
+    async def _drive_node_steps(self, name: str) -> None:
         while True:
             spec = self.spec()
             if name not in spec.node_names:
@@ -398,7 +619,20 @@ class ClusterReconciler:
             t0 = time.monotonic()
             try:
                 assert self.adapters is not None
-                new = await run_step(self.adapters, self.observed, spec, name, p, step)
+                # progressDeadlineSeconds holds while a step runs too: a command stuck on the
+                # node or an LB that never answers is cancelled (and killed) at the deadline.
+                async with asyncio.timeout(step_deadline(p, spec, time.time())):
+                    new = await run_step(self.adapters, self.observed, spec, name, p, step)
+            except TimeoutError:
+                metrics.step_done(step.kind, time.monotonic() - t0, ok=False)
+                await self._fail(
+                    spec,
+                    name,
+                    "ProgressDeadlineExceeded",
+                    f"{name}: update took longer than progressDeadlineSeconds="
+                    f"{spec.progress_deadline:g} ({step.kind} cancelled)",
+                )
+                return
             except StepFailed as e:
                 metrics.step_done(step.kind, time.monotonic() - t0, ok=False)
                 await self._fail(spec, name, e.reason, f"{e.reason}: {e.message}")

@@ -12,9 +12,18 @@ import hashlib
 import time
 from dataclasses import replace
 
-from .adapters import Adapters, lb_states, timed
-from .errors import DrainTimeout, ReenableTimeout, SSHCommandFailed, SSHCommandTimeout
+from .adapters import Adapters, VersionProblem, lb_view, parse_version_output, timed
+from .errors import (
+    DrainTimeout,
+    LBProtocolError,
+    LBStateMismatch,
+    LBUnreachable,
+    ReenableTimeout,
+    SSHCommandFailed,
+    SSHCommandTimeout,
+)
 from .model import ClusterSpec, NodeProgress, Phase
+from .ownership import proved_out, serving_lbs
 from .planner import UNREACHABLE, UP, NodeObservation, Step, StepKind
 from .status import iso
 
@@ -57,6 +66,7 @@ async def run_step(
     if step.kind == StepKind.PROVISION:
         cmd = spec.provision_commands[step.index]
         total = len(spec.provision_commands)
+        await ensure_out_of_rotation(a, spec, name)
         try:
             await a.ssh_run(
                 node.host,
@@ -90,7 +100,9 @@ async def run_step(
             env={"NODE_NAME": name},
             timeout=min(60.0, spec.provision_timeout),
         )
-        got = r.stdout.strip()
+        got = parse_version_output(r.stdout, r.stdout_dropped)
+        if isinstance(got, VersionProblem):
+            raise StepFailed("VersionMismatch", f"{name}: {got.message}, expected {target!r}")
         if got != target:
             raise StepFailed(
                 "VersionMismatch",
@@ -127,6 +139,21 @@ async def run_step(
     raise AssertionError(step)
 
 
+async def ensure_out_of_rotation(a: Adapters, spec: ClusterSpec, name: str) -> None:
+    """Never run a provision command on a node that an LB still sends traffic to.
+
+    The drain proved it out, but status can be restored or edited, and an LB can reload: this is
+    the last check before the node is touched. Transient: re-assertion or a re-drain fixes it.
+    """
+    states = (await lb_view(spec, a)).states.get(name, {})
+    serving = serving_lbs(NodeObservation(lb=states))
+    if serving or not proved_out(NodeObservation(lb=states)):
+        shown = ", ".join(f"{lb}={s}" for lb, s in states.items())
+        raise LBStateMismatch(
+            f"{name} is not out of rotation on every LB ({shown}); not provisioning it"
+        )
+
+
 def provision_key(name: str, target: str, p: NodeProgress, index: int, cmd: str) -> str:
     """The exactly-once key of one provision command in one update of one node.
 
@@ -149,7 +176,17 @@ async def soak(
     node = spec.node(name)
     end = (p.since or time.time()) + spec.min_ready_seconds
     while True:
-        states = (await lb_states(spec, a)).get(name, {})
+        view = await lb_view(spec, a)
+        states = view.states.get(name, {})
+        if view.errors:
+            lb, err = next(iter(view.errors.items()))
+            # Not the node's fault, and not a pass either: retried with backoff by the caller.
+            raise LBProtocolError(f"LB {lb} answered wrongly during minReadySeconds: {err}", lb=lb)
+        silent = [lb for lb, s in states.items() if s == UNREACHABLE]
+        if silent and not spec.tolerate_unreachable:
+            raise LBUnreachable(
+                f"LB {', '.join(silent)} unreachable during minReadySeconds", lb=silent[0]
+            )
         bad = {lb: s for lb, s in states.items() if s not in (UP, UNREACHABLE)}
         if bad:
             raise StepFailed(

@@ -732,6 +732,8 @@ FULL_STATUS: dict[str, Any] = {
     "updated": "1/3",
     "ready": "2/3",
     "lastObservedTime": T2,
+    "writer": "wso2-operator-7d9f/1/a1b2c3",
+    "departedNodes": ["node9"],
     "nodes": [
         {
             "name": "node1",
@@ -802,6 +804,7 @@ FULL_STATUS: dict[str, Any] = {
         "retryToken": "2025-01-01",
         "finished": False,
         "rollbackFailed": False,
+        "handBackToken": "node2 1",
     },
     "history": [
         {

@@ -13,9 +13,11 @@ from wso2_operator.model import (
     Phase,
     RolloutState,
 )
+from wso2_operator.ownership import CLAIMS_OUT, apply_audit, audit_claims
 from wso2_operator.planner import (
     DOWN,
     DRAIN,
+    ERROR,
     MAINT,
     UNREACHABLE,
     UP,
@@ -76,6 +78,29 @@ def worlds(draw, lb_states=LB_STATES):
     return spec, observed, progress, rollout
 
 
+@st.composite
+def audited_worlds(draw, lb_states=LB_STATES):
+    """A world as the reconciler plans on it: status claims checked against the LBs first.
+
+    ``owned`` is what this process proved or made; the rest of status is unproved (restored,
+    hand-edited, written by another operator)."""
+    spec, observed, progress, rollout = draw(worlds(lb_states))
+    owned = set(draw(st.sets(st.sampled_from(spec.node_names))))
+    owned = {
+        n for n in owned if progress[n].phase in IN_FLIGHT or progress[n].phase == Phase.FAILED
+    }
+    audit = audit_claims(spec, observed, progress, owned)
+    corrected = apply_audit(spec, observed, progress, audit, 0.0)
+    # As the reconciler does: what survived the audit is this process's claim from now on.
+    owned_after = (
+        owned
+        | {n for n in spec.node_names if corrected[n].phase in IN_FLIGHT}
+        | {r.node for r in audit.reassert}
+    )
+    hand_back = set(draw(st.sets(st.sampled_from(spec.node_names))))
+    return spec, observed, progress, rollout, (owned, owned_after), audit, corrected, hand_back
+
+
 def unavailable_before(spec, observed, progress):
     return {
         n
@@ -115,10 +140,11 @@ def test_nodes_already_out_are_updated_first(world):
     if begun - before:
         # A serving node was started: no already-out node that needs work was left waiting.
         for n in before - begun:
-            needs = progress[n].phase == Phase.FAILED or (
+            needs = (progress[n].phase == Phase.FAILED and n not in p.refused) or (
                 progress[n].phase not in IN_FLIGHT
+                and n not in p.held_out
                 and observed[n].version is not None
-                and (observed[n].version != p.target or observed[n].admin_out)
+                and observed[n].version != p.target
             )
             assert not needs, (n, p)
 
@@ -131,9 +157,8 @@ def test_nodes_at_target_are_not_touched(world):
     for b in p.begin:
         o = observed[b.node]
         if o.version == p.target and progress[b.node].phase != Phase.FAILED:
-            # The only reason to pick a current node is to put it back into rotation.
-            assert o.admin_out
-            assert b.phase == Phase.WAITING_HEALTHY
+            # A current node is never picked: an admin's MAINT is left alone until handed back.
+            raise AssertionError(f"{b.node} is at {p.target} and was begun without a hand-back")
         assert progress[b.node].phase not in IN_FLIGHT
 
 
@@ -186,15 +211,79 @@ def test_one_at_a_time_waits_for_every_lb_to_confirm(world):
 
 
 @settings(max_examples=500, deadline=None)
-@given(worlds())
-def test_failed_nodes_are_reasserted_out_of_rotation(world):
+@given(worlds(), st.data())
+def test_proved_claims_are_reasserted_out_of_rotation(world, data):
+    spec, observed, progress, rollout = world
+    owned = data.draw(st.sets(st.sampled_from(spec.node_names)))
+    p = plan(spec, observed, progress, rollout, owned)
+    reasserted = {r.node: set(r.lbs) for r in p.reassert if r.state == MAINT}
+    for n in owned:
+        if progress[n].phase in (Phase.PROVISIONING, Phase.VERIFYING):
+            wrong = {lb for lb, s in observed[n].lb.items() if s in (UP, DOWN, DRAIN)}
+        elif progress[n].phase == Phase.FAILED:
+            # A failed node left in DRAIN (onDrainTimeout: Fail) stays in DRAIN.
+            wrong = {lb for lb, s in observed[n].lb.items() if s in (UP, DOWN)}
+        else:
+            continue
+        assert wrong <= reasserted.get(n, set())
+
+
+@settings(max_examples=1000, deadline=None)
+@given(audited_worlds())
+def test_never_more_than_max_unavailable_out_whatever_status_claims(world):
+    """The budget holds when status lies: stale, restored or hand-edited claims, an admin's
+    MAINT, LB reloads. Counts every node that is or will be out after this pass."""
+    spec, observed, progress, rollout, (owned, owned_after), _audit, corrected, hand_back = world
+    p = plan(spec, observed, corrected, rollout, owned_after, hand_back)
+    before = {n for n in spec.node_names if not observed[n].available} | {
+        n for n in owned if progress[n].phase in IN_FLIGHT or progress[n].phase == Phase.FAILED
+    }
+    # Claims that keep (or take) a node out; Enabling and Soaking put a node back in.
+    kept = {
+        n
+        for n in spec.node_names
+        if corrected[n].phase in CLAIMS_OUT | {Phase.DRAINING} and n not in p.refused
+    }
+    after = before | kept | {b.node for b in p.begin} | {r.node for r in p.reassert}
+    if after - before:
+        assert len(after) <= spec.max_unavailable, (after, before, p)
+    assert len(after) <= max(spec.max_unavailable, len(before))
+
+
+@settings(max_examples=500, deadline=None)
+@given(audited_worlds())
+def test_unproved_claims_are_never_put_straight_into_maint(world):
+    _spec, _observed, progress, _rollout, (owned, _), audit, corrected, _hand_back = world
+    for r in audit.reassert:
+        if r.state == MAINT:
+            assert r.node in owned
+    for n in audit.redrain:
+        assert corrected[n].phase == Phase.DRAINING  # its sessions are drained first
+        assert corrected[n].start == progress[n].start  # completed commands are not run again
+
+
+@settings(max_examples=500, deadline=None)
+@given(audited_worlds())
+def test_an_admins_maint_is_left_alone_until_handed_back(world):
+    spec, observed, _progress, rollout, (_, owned), _audit, corrected, hand_back = world
+    p = plan(spec, observed, corrected, rollout, owned, hand_back)
+    for n in spec.node_names:
+        unclaimed = corrected[n].phase not in IN_FLIGHT and corrected[n].phase != Phase.FAILED
+        if unclaimed and observed[n].admin_out:
+            begun = n in {b.node for b in p.begin}
+            assert not begun or n in hand_back
+            assert n in p.held_out or n in hand_back
+            assert n not in {r.node for r in p.reassert}
+
+
+@settings(max_examples=300, deadline=None)
+@given(worlds(lb_states=st.sampled_from([UP] * 6 + [DOWN, DRAIN, MAINT, ERROR])))
+def test_an_lb_answering_garbage_starts_nothing_even_when_tolerated(world):
     spec, observed, progress, rollout = world
     p = plan(spec, observed, progress, rollout)
-    reasserted = {r.node: set(r.lbs) for r in p.reassert}
-    for n in spec.node_names:
-        if progress[n].phase in (Phase.FAILED, Phase.PROVISIONING, Phase.VERIFYING):
-            wrong = {lb for lb, s in observed[n].lb.items() if s in (UP, DOWN, DRAIN)}
-            assert wrong <= reasserted.get(n, set())
+    if any(s == ERROR for o in observed.values() for s in o.lb.values()):
+        assert not p.begin
+        assert p.complete or p.blocked is not None
 
 
 def test_rollback_targets_previous_version_in_reverse_order():
