@@ -16,6 +16,7 @@ from .errors import (
     PermissionDenied,
     UnknownCommand,
 )
+from .textcap import clip as clip_text
 
 AdminState = Literal["READY", "DRAIN", "MAINT"]
 
@@ -66,13 +67,8 @@ _UINT_RE = re.compile(r"[0-9]{1,18}")
 
 
 def clip(text: str, limit: int = REPLY_TEXT_CAP) -> str:
-    """Remote text made safe for a message: non-printable characters (terminal escapes, NUL,
-    line breaks, bidi overrides) become '?', and the result has at most ``limit`` (>= 3)
-    characters, "..." marking a cut. Only the kept part is scanned, whatever the input size."""
-    cut = len(text) > limit
-    head = text[: limit - 3] if cut else text
-    cleaned = "".join(c if c.isprintable() else "?" for c in head)
-    return cleaned + "..." if cut else cleaned
+    """Remote text made safe for a message (see textcap.clip)."""
+    return clip_text(text, limit)
 
 
 def _int(value: str | None) -> int:

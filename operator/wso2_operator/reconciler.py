@@ -15,14 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 from . import metrics
 from .adapters import Adapters, adapter_key, lb_view, observe, reason_of, timed
+from .custody import HAND_BACK_ANNOTATION, Custody, departed_from_status, hand_back_nodes
 from .errors import (
     WSO2OperatorError,
 )
@@ -35,7 +35,7 @@ from .model import (
     Phase,
     RolloutState,
 )
-from .ownership import DRAIN, Audit, apply_audit, audit_claims, proved_out
+from .ownership import DRAIN
 from .planner import (
     NodeObservation,
     Plan,
@@ -62,20 +62,6 @@ from .textcap import cap
 
 log = logging.getLogger(__name__)
 RETRY_ANNOTATION = "vmops.dev/retry"
-# Names the nodes an admin took out by hand and now hands back to the operator; acted on once
-# per distinct value (recorded in status.rollout.handBackToken).
-HAND_BACK_ANNOTATION = "vmops.dev/hand-back"
-DEPARTED_LIMIT = 32  # removed nodes watched until back in rotation; bounded like all of status
-NODE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
-
-
-def departed_from_status(status: Mapping[str, Any]) -> list[str]:
-    names = status.get("departedNodes")
-    if not isinstance(names, list):
-        return []
-    return [n for n in names if isinstance(n, str) and NODE_NAME_RE.fullmatch(n)][:DEPARTED_LIMIT]
-
-
 # Clean-ups that outlive a cancelled daemon; asyncio keeps only weak references to tasks.
 _CLEANUPS: set[asyncio.Future[None]] = set()
 
@@ -118,9 +104,6 @@ class ClusterReconciler:
         self.writer = StatusWriter(kube, namespace, name, None, lease=self.settings.writer_lease)
         self._load(body)
         self.observed: dict[str, NodeObservation] = {}
-        # Nodes whose out-of-rotation claim this process proved or made (see ownership.py).
-        self.owned: set[str] = set()
-        self._reported: dict[str, set[str]] = {}  # Event reason -> nodes already reported
         self.problem: SetupProblem | None = None
         self.adapters: Adapters | None = None
         self._adapters_key = ""
@@ -138,7 +121,7 @@ class ClusterReconciler:
         self.rollout: RolloutState = rollout_from_status(status)
         self.history: list[dict[str, Any]] = history_from_status(status)
         self.conditions: list[dict[str, Any]] = conditions_from_status(status)
-        self.departed: list[str] = departed_from_status(status)
+        self.custody = Custody(self.body, self.name, departed_from_status(status))
         annotations = (obj.get("metadata") or {}).get("annotations") or {}
         if not status.get("rollout"):
             # No record of what was acted on (a new object, or status wiped): annotations that are
@@ -168,8 +151,7 @@ class ClusterReconciler:
         token = (self.body.get("metadata", {}).get("annotations") or {}).get(HAND_BACK_ANNOTATION)
         if not token or stored_token(token) == self.rollout.hand_back_token:
             return frozenset()
-        words = str(token).replace(",", " ").split()
-        return frozenset(w for w in words if w in spec.node_names)
+        return hand_back_nodes(token, spec)
 
     async def _ensure_adapters(self, spec: ClusterSpec) -> Adapters:
         key, hosts = await self.kube.read_ssh_secret(
@@ -238,7 +220,7 @@ class ClusterReconciler:
         if self.tasks:
             await asyncio.gather(*self.tasks.values(), return_exceptions=True)
         self.tasks.clear()
-        self.owned.clear()
+        self.custody.owned.clear()
         event(
             self.body,
             "ConcurrentOperator",
@@ -303,23 +285,25 @@ class ClusterReconciler:
             return bool(self.tasks)
 
         previous = self.observed
-        self._note_departed(spec)
+        self.custody.note_departed(spec, self.progress)
         extra: dict[str, dict[str, str]] = {}
         for _ in range(3):
             snapshot = dict(self.progress)
-            self.observed, self.problem, extra = await observe(spec, adapters, self.departed)
+            self.observed, self.problem, extra = await observe(
+                spec, adapters, self.custody.departed
+            )
             # A node task that finished while we observed makes the observation stale for that
             # node (e.g. seen in DRAIN, now Current): planning on it would start it again.
             if self._unchanged(snapshot):
                 break
         self._track_rollout(spec, now)
         self._detect_drift(spec, previous)
-        self._release_departed(extra)
-        self._audit(spec)
+        self.custody.release_departed(extra)
+        self.progress = self.custody.audit(spec, self.observed, self.progress)
         hand_back = self.hand_back(spec)
-        p = plan(spec, self.observed, self.progress, self.rollout, self.owned, hand_back)
+        p = plan(spec, self.observed, self.progress, self.rollout, self.custody.owned, hand_back)
         self._last_plan = p
-        self._report_held(p)
+        self.custody.report_held(p.held_out, self.observed)
         snapshot = dict(self.progress)
         await self._reassert(spec, adapters, p)
 
@@ -352,7 +336,7 @@ class ClusterReconciler:
                 start=now,
                 message=f"{b.node}: starting update to {b.target}",
             )
-            self.owned.add(b.node)
+            self.custody.owned.add(b.node)
             event(
                 self.body,
                 "NodeUpdateStarted",
@@ -370,89 +354,6 @@ class ClusterReconciler:
         return all(self.progress.get(n) is p for n, p in snapshot.items()) and len(snapshot) == len(
             self.progress
         )
-
-    # ------------------------------------------------------------------ claims and reports
-    def _audit(self, spec: ClusterSpec) -> None:
-        """Check status's out-of-rotation claims against the LBs before planning on them."""
-        for n in spec.node_names:
-            ph = self.progress.get(n, NodeProgress()).phase
-            if ph not in IN_FLIGHT and ph != Phase.FAILED:
-                self.owned.discard(n)
-            elif proved_out(self.observed.get(n, NodeObservation())):
-                self.owned.add(n)
-        audit: Audit = audit_claims(spec, self.observed, self.progress, self.owned)
-        self.progress = apply_audit(spec, self.observed, self.progress, audit, time.time())
-        for n in audit.redrain:
-            event(self.body, "ClaimRedrained", self.progress[n].message, warning=True)
-        for n in audit.discard:
-            event(self.body, "ClaimDiscarded", self.progress[n].message, warning=True)
-        self._report_once(
-            "ClaimRefused",
-            audit.refused,
-            lambda n: (
-                f"{n}: status says Failed, but the node serves and taking it out would exceed "
-                f"maxUnavailable={spec.max_unavailable}; left in rotation"
-            ),
-        )
-        for n in spec.node_names:
-            if self.progress.get(n, NodeProgress()).phase in IN_FLIGHT:
-                self.owned.add(n)  # every claim left in flight earned its slot above
-        for r in audit.reassert:
-            if r.state == DRAIN:
-                self.owned.add(r.node)
-
-    def _report_held(self, p: Plan) -> None:
-        self._report_once(
-            "NodeHeldOut",
-            p.held_out,
-            lambda n: (
-                f"{n} is out of rotation ("
-                + ", ".join(
-                    f"{lb}={s}" for lb, s in self.observed[n].lb.items() if s in ("MAINT", "DRAIN")
-                )
-                + ") and the operator did not take it out: left alone and not updated. Hand it "
-                f"back with: kubectl annotate w2c {self.name} {HAND_BACK_ANNOTATION}='{n} "
-                f"<any new word>' --overwrite"
-            ),
-        )
-
-    def _report_once(
-        self, reason: str, nodes: Iterable[str], message: Callable[[str], str]
-    ) -> None:
-        """A warning Event per node when it enters a condition, not on every pass."""
-        nodes = set(nodes)
-        seen = self._reported.setdefault(reason, set())
-        for n in sorted(nodes - seen):
-            event(self.body, reason, message(n), warning=True)
-        self._reported[reason] = nodes
-
-    def _note_departed(self, spec: ClusterSpec) -> None:
-        """A node removed from the spec while status had it out: it stays out on the LBs, so
-        say so, and keep watching it until it is back in rotation or gone from the backend."""
-        for n, p in list(self.progress.items()):
-            if n in spec.node_names:
-                continue
-            del self.progress[n]
-            self.owned.discard(n)
-            if (p.phase in IN_FLIGHT or p.phase == Phase.FAILED) and n not in self.departed:
-                self.departed.append(n)
-                event(
-                    self.body,
-                    "NodeRemovedWhileOut",
-                    f"{n} was removed from spec.nodes while {p.phase}: the operator no longer "
-                    "touches it, and it stays out of rotation on the LBs until someone puts it "
-                    "back (or removes it from the backend)",
-                    warning=True,
-                )
-        self.departed = [n for n in self.departed if n not in spec.node_names][:DEPARTED_LIMIT]
-
-    def _release_departed(self, extra: Mapping[str, Mapping[str, str]]) -> None:
-        still = []
-        for n in self.departed:
-            states = extra.get(n, {})
-            if any(s in ("MAINT", "DRAIN", "Unreachable", "Error") for s in states.values()):
-                still.append(n)
-        self.departed = still
 
     def _reap_tasks(self) -> None:
         for n, t in list(self.tasks.items()):
@@ -581,10 +482,10 @@ class ClusterReconciler:
                 previous_conditions=self.conditions,
                 problem=self.problem,
                 now=time.time(),
-                departed=self.departed,
+                departed=self.custody.departed,
             )
             status["history"] = self.history
-            status["departedNodes"] = list(self.departed)
+            status["departedNodes"] = list(self.custody.departed)
             await self.writer.write(status)
             self.conditions = status["conditions"]
 
@@ -661,7 +562,7 @@ class ClusterReconciler:
                 await asyncio.sleep(delay)
                 continue
             metrics.step_done(step.kind, time.monotonic() - t0, ok=True)
-            if self.progress[name] is not p:
+            if self.progress.get(name) is not p:
                 continue  # changed under us (retarget): re-evaluate before recording
             self.progress[name] = new
             await self._refresh_node_lb(spec, name)
@@ -672,7 +573,9 @@ class ClusterReconciler:
                 return
 
     async def _fail(self, spec: ClusterSpec, name: str, reason: str, message: str) -> None:
-        p = self.progress[name]
+        p = self.progress.get(name)
+        if p is None:
+            return  # removed from the spec during its step: reported as departed, not failed
         if not message.startswith(reason):
             message = f"{reason}: {message}"
         self.progress[name] = p.to(Phase.FAILED, time.time(), message)

@@ -43,6 +43,7 @@ from .errors import (
     SSHCommandTimeout,
     SSHUnreachable,
 )
+from .textcap import clip
 
 log = logging.getLogger(__name__)
 
@@ -294,23 +295,9 @@ def _install_log_redaction() -> None:
             lg.addFilter(_RedactCommandFilter())
 
 
-# C0/C1 controls, DEL, line/paragraph separators and bidi overrides: remote text must not break
-# a status line or log line, nor disguise what it says.
-_UNSAFE_CHARS_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-_UNSAFE_KEEP_LINES_RE = re.compile(
-    r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
-)
-
-
 def _clip(text: object, limit: int = REMOTE_TEXT_CHARS, *, keep_lines: bool = False) -> str:
-    """``text`` cut to ``limit`` characters (plus "...") with unsafe characters replaced by "?".
-
-    ``keep_lines`` keeps newlines and tabs (for stderr, whose lines are useful).
-    """
-    s = str(text)
-    if len(s) > limit:
-        s = s[:limit] + "..."
-    return (_UNSAFE_KEEP_LINES_RE if keep_lines else _UNSAFE_CHARS_RE).sub("?", s)
+    """Remote text for a message: bounded, unsafe characters replaced (see textcap.clip)."""
+    return clip(text, limit, keep_lines=keep_lines)
 
 
 def _known_hosts_problem(line: str) -> str:

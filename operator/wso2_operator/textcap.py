@@ -104,6 +104,22 @@ def cap(text: object, limit: int = MESSAGE_LIMIT) -> str:
     return _truncate(_clean(text), limit, _marker)
 
 
+def clip(text: object, limit: int = 200, *, keep_lines: bool = False) -> str:
+    """Remote text (a peer's reply, an exception about it) for an error message or a log line.
+
+    Non-printable characters (terminal escapes, NUL, line breaks, bidi overrides) become "?";
+    ``keep_lines`` keeps newlines and tabs (a stderr tail reads better by line). At most
+    ``limit`` (>= 3) characters, "..." marking a cut; only the kept part is scanned, whatever the
+    input size. `cap` is for what is stored in status; this is for what is quoted in a message.
+    """
+    s = _to_str(text)
+    cut = len(s) > limit
+    head = s[: max(0, limit - 3)] if cut else s
+    keep = "\n\t" if keep_lines else ""
+    cleaned = "".join(c if c.isprintable() or c in keep else "?" for c in head)
+    return cleaned + "..." if cut else cleaned
+
+
 def cap_token(text: object, limit: int = NAME_LIMIT) -> str:
     """An identifier (version, LB name or state, reason), at most ``limit`` ASCII characters.
 

@@ -50,9 +50,9 @@ def test_hand_back_names_only_nodes_of_the_spec():
 
 def test_departed_nodes_are_read_back_bounded_and_valid():
     status = {"rollout": {"toVersion": "2.0.0"}, "departedNodes": ["node9", "", 5, "bad name"]}
-    assert reconciler(status, {}).departed == ["node9"]
+    assert reconciler(status, {}).custody.departed == ["node9"]
     many = {"rollout": {}, "departedNodes": [f"n{i}" for i in range(500)]}
-    assert len(reconciler(many, {}).departed) == 32
+    assert len(reconciler(many, {}).custody.departed) == 32
 
 
 def test_the_writer_starts_from_the_objects_resource_version_and_heartbeat():

@@ -229,12 +229,14 @@ def test_main_flag_sets_the_env_var_and_is_not_passed_to_kopf(
 
     calls: list[list[str]] = []
     monkeypatch.setattr(kopf.cli, "main", lambda args, prog_name: calls.append(args))
-    monkeypatch.delenv(REQUIRE_LABEL_ENV, raising=False)
-    monkeypatch.delenv(PEERING_SCOPE_ENV, raising=False)
+    # setenv, not delenv: monkeypatch then restores the variables to what they were before the
+    # test (main() sets both), so nothing leaks into operators that later tests start.
+    monkeypatch.setenv(REQUIRE_LABEL_ENV, "")
+    monkeypatch.setenv(PEERING_SCOPE_ENV, "")
     entry.main(["-n", "team-a", "--require-secret-label"])
     assert required_by_env(entry.os.environ)
     assert calls == [["run", "-m", "wso2_operator.handlers", "-n", "team-a"]]
 
-    monkeypatch.delenv(REQUIRE_LABEL_ENV)
+    monkeypatch.setenv(REQUIRE_LABEL_ENV, "")
     entry.main(["-n", "team-a"])
     assert not required_by_env(entry.os.environ)
