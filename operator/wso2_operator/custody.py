@@ -18,6 +18,7 @@ from .kube import event
 from .model import IN_FLIGHT, ClusterSpec, NodeProgress, Phase
 from .observation import DRAIN, ERROR, MAINT, UNREACHABLE, NodeObservation
 from .ownership import apply_audit, audit_claims, proved_out
+from .status import SetupProblem
 
 # Names the nodes an admin took out by hand and now hands back to the operator; acted on once
 # per distinct value (recorded in status.rollout.handBackToken).
@@ -49,6 +50,7 @@ class Custody:
         self.owned: set[str] = set()
         self.departed = departed
         self._reported: dict[str, set[str]] = {}  # Event reason -> nodes already reported
+        self._problem: tuple[str, str] | None = None
 
     def audit(
         self,
@@ -93,6 +95,23 @@ class Custody:
             )
 
         self._report_once("NodeHeldOut", held_out, message)
+
+    def report_unknown_versions(self, observed: Mapping[str, NodeObservation]) -> None:
+        """A node that answered with something that is not a version (or not in time)."""
+        problems = {n: o.version_problem for n, o in observed.items() if o.version_problem}
+        self._report_once(
+            "VersionUnknown",
+            problems,
+            lambda n: f"{n}: version unknown ({problems[n]}); the node is not touched",
+        )
+
+    def report_problem(self, problem: SetupProblem | None) -> None:
+        """A problem that stops the cluster (Secret, SSH keys, an LB answering garbage): a
+        warning Event when it appears or changes, besides the condition."""
+        key = (problem.reason, problem.message) if problem is not None else None
+        if problem is not None and key != self._problem:
+            event(self.body, problem.reason, problem.message, warning=True)
+        self._problem = key
 
     def _report_once(
         self, reason: str, nodes: Iterable[str], message: Callable[[str], str]

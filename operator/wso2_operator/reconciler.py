@@ -304,6 +304,7 @@ class ClusterReconciler:
         p = plan(spec, self.observed, self.progress, self.rollout, self.custody.owned, hand_back)
         self._last_plan = p
         self.custody.report_held(p.held_out, self.observed)
+        self.custody.report_unknown_versions(self.observed)
         snapshot = dict(self.progress)
         await self._reassert(spec, adapters, p)
 
@@ -472,6 +473,7 @@ class ClusterReconciler:
             # The gauge follows every status write: a node task that finishes the rollout
             # writes status itself, between two passes of the loop.
             metrics.nodes_out(self.namespace, self.name, len(p.unavailable))
+            self.custody.report_problem(self.problem)
             status = summarize(
                 spec=spec,
                 generation=self.generation,

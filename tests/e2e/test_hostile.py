@@ -228,6 +228,8 @@ def test_flooding_version_command_is_version_unknown_and_memory_stays_bounded(ma
     assert installs_completed(env, "node2", "2.0.0") == 0
     row = next(r for r in obj["status"]["nodes"] if r["name"] == "node2")
     assert "not one version" in row["message"], row
+    unknown = [e for e in env.events() if e["reason"] == "VersionUnknown"]
+    assert len(unknown) == 1 and "node2" in unknown[0]["message"], "one Event, not one per pass"
     assert len(json.dumps(obj["status"])) < 64 * 1024
     hwm_mib = vm_hwm_kib(env.operator.proc.pid) / 1024
     print(f"\noperator peak RSS with a 200 MB versionCommand: {hwm_mib:.0f} MiB")
@@ -258,6 +260,7 @@ def test_a_private_key_under_known_hosts_never_leaks(make_env):
     time.sleep(4)
     message = conditions(obj)["Degraded"]["message"]
     assert "line" in message, message
+    assert "InvalidSSHCredentials" in reasons(env)
     everything = json.dumps(env.get()) + json.dumps(env.events()) + env.operator.log()
     secret_lines = [ln for ln in pem.splitlines() if ln and not ln.startswith("-----")]
     for ln in secret_lines:
@@ -360,6 +363,7 @@ def test_an_lb_that_sends_garbage_is_reported_and_nothing_moves(make_env):
             )
             time.sleep(6)
         assert "junk" in conditions(obj)["Degraded"]["message"]
+        assert conditions(obj)["Degraded"]["reason"] in reasons(env), "an Event too"
         assert junk.connections >= 1
         assert not sampler.ever_out(), "no node is touched while an LB answers garbage"
         assert env.operator.proc.poll() is None
