@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -155,8 +156,23 @@ class KubeAdapter:
                 "SecretKeyMissing",
                 f"Secret {namespace}/{name} has no key(s) {', '.join(missing)}",
             )
-        key = base64.b64decode(data[key_key])
-        hosts = base64.b64decode(data[hosts_key]).decode()
+        where = f"Secret {namespace}/{name}"
+        try:
+            key = base64.b64decode(data[key_key], validate=True)
+            raw_hosts = base64.b64decode(data[hosts_key], validate=True)
+        except (binascii.Error, ValueError, TypeError):
+            raise SecretProblem(
+                "InvalidSSHCredentials", f"{where}: a value is not valid base64"
+            ) from None
+        try:
+            hosts = raw_hosts.decode("utf-8")
+        except UnicodeDecodeError as e:
+            # The position only: the bytes are the Secret's.
+            raise SecretProblem(
+                "InvalidSSHCredentials",
+                f"{where} key {hosts_key}: not UTF-8 text (byte {e.start}); it must be "
+                "known_hosts lines",
+            ) from None
         return key, hosts
 
 

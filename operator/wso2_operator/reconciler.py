@@ -201,6 +201,20 @@ class ClusterReconciler:
                 except StoodDown as e:
                     await self._stand_down(e)
                     continue
+                except Exception as e:
+                    # A bug or an apiserver refusal must not crash-loop the daemon (kopf would
+                    # restart it from status and forget what this process proved): report it,
+                    # back off, and observe again.
+                    log.exception("[%s/%s] reconcile pass failed", self.namespace, self.name)
+                    event(
+                        self.body,
+                        "ReconcileError",
+                        f"{type(e).__name__}: {cap(e, 512)}; retrying in "
+                        f"{self.settings.max_backoff:g}s",
+                        warning=True,
+                    )
+                    await self._wait_stopped(self.settings.max_backoff, stopped)
+                    continue
                 period = self.settings.active_period if active else self.settings.observe_period
                 await self._wait(period, stopped)
         finally:

@@ -240,3 +240,20 @@ def test_main_flag_sets_the_env_var_and_is_not_passed_to_kopf(
     monkeypatch.setenv(REQUIRE_LABEL_ENV, "")
     entry.main(["-n", "team-a"])
     assert not required_by_env(entry.os.environ)
+
+
+async def test_undecodable_values_are_a_problem_without_their_bytes() -> None:
+    """Not a crash of the cluster's loop, and nothing of the value in the message."""
+    bad_utf8 = base64.b64encode(b"node1 ssh-ed25519 AAAA\xff\xfeSECRETBYTES\n").decode()
+    cases = [
+        {**DATA, "known_hosts": bad_utf8},
+        {**DATA, "ssh-privatekey": "%%%SECRETBYTES%%%"},
+    ]
+    for data in cases:
+        adapter = _adapter(_secret({}, {}, data))
+        with pytest.raises(SecretProblem) as info:
+            await adapter.read_ssh_secret(
+                "ns", "s", "ssh-privatekey", "known_hosts", cluster="c", require_label=False
+            )
+        assert info.value.reason == "InvalidSSHCredentials"
+        assert "SECRETBYTES" not in f"{info.value.message} {info.value}"
