@@ -16,7 +16,13 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from . import metrics
-from .errors import HostKeyMismatch, LBUnreachable, SSHAuthFailed, WSO2OperatorError
+from .errors import (
+    HostKeyMismatch,
+    LBProtocolError,
+    LBUnreachable,
+    SSHAuthFailed,
+    WSO2OperatorError,
+)
 from .health import HealthChecker
 from .model import VERSION_RE, ClusterSpec, NodeSpec
 from .observation import (
@@ -154,6 +160,10 @@ async def observe(
             return await asyncio.wait_for(coro, deadline)
         except TimeoutError:
             return fallback
+        except Exception:
+            # One node's or LB's surprise must not cost the others their observation.
+            log.exception("observation failed")
+            return fallback
 
     late = VersionProblem("VersionProbeTimeout", f"no answer within {deadline:g}s")
     view, versions, health = await asyncio.gather(
@@ -257,6 +267,10 @@ async def lb_view(
         except WSO2OperatorError as e:
             log.warning("LB %s: %s", client.name, cap(e))
             errors[client.name] = e
+            return client.name, None, ERROR
+        except Exception as e:  # a surprise is an LB we cannot use, not a crash of the pass
+            log.warning("LB %s: %s: %s", client.name, type(e).__name__, cap(e))
+            errors[client.name] = LBProtocolError(f"{type(e).__name__}: {cap(e, 200)}")
             return client.name, None, ERROR
 
     for lb_name, stats, failed in await asyncio.gather(*(one(c) for c in adapters.pool.clients)):

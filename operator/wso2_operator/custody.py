@@ -9,13 +9,13 @@ annotation.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from .kube import event
-from .model import IN_FLIGHT, ClusterSpec, NodeProgress, Phase
+from .model import IN_FLIGHT, NODE_NAME_RE, ClusterSpec, NodeProgress, Phase
 from .observation import DRAIN, ERROR, MAINT, UNREACHABLE, NodeObservation
 from .ownership import apply_audit, audit_claims, proved_out
 from .status import SetupProblem
@@ -24,7 +24,6 @@ from .status import SetupProblem
 # per distinct value (recorded in status.rollout.handBackToken).
 HAND_BACK_ANNOTATION = "vmops.dev/hand-back"
 DEPARTED_LIMIT = 32  # removed nodes watched until back in rotation; bounded like all of status
-NODE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 
 def departed_from_status(status: Mapping[str, Any]) -> list[str]:
@@ -79,9 +78,18 @@ class Custody:
                 f"maxUnavailable={spec.max_unavailable}; left in rotation"
             ),
         )
-        # Every claim left in flight earned its slot in the audit; a soft DRAIN is ours too.
-        self.owned |= {n for n in spec.node_names if out.get(n, NodeProgress()).phase in IN_FLIGHT}
-        self.owned |= {r.node for r in audit.reassert if r.state == DRAIN}
+        # Every claim left in flight earned its slot in the audit. A failed node set to DRAIN
+        # becomes ours only once the LBs show it out (above, next pass): until then the planner
+        # audits it again and asks for DRAIN again, never for MAINT.
+        now = time.time()
+        for n in spec.node_names:
+            p = out.get(n, NodeProgress())
+            if p.phase in IN_FLIGHT:
+                self.owned.add(n)
+                if p.start is None:
+                    # A claim without a start (edited away, or unreadable) would never meet
+                    # progressDeadlineSeconds: its deadline counts from now.
+                    out[n] = replace(p, start=now)
         return out
 
     def report_held(self, held_out: Iterable[str], observed: Mapping[str, NodeObservation]) -> None:
@@ -104,6 +112,11 @@ class Custody:
             problems,
             lambda n: f"{n}: version unknown ({problems[n]}); the node is not touched",
         )
+
+    def report_blocked(self, reason: str | None, message: str) -> None:
+        """An LB that cannot be told (unreachable, or answering garbage) holds the rollout: a
+        warning Event when that starts, besides the condition."""
+        self._report_once(str(reason), [reason] if reason else [], lambda _: message)
 
     def report_problem(self, problem: SetupProblem | None) -> None:
         """A problem that stops the cluster (Secret, SSH keys, an LB answering garbage): a

@@ -98,8 +98,13 @@ def _field(value: str | None) -> str:
     return clip(value or "", FIELD_CAP)
 
 
+# HAProxy 2.6's show stat has about 100 columns; a peer that sends thousands must not make every
+# parsed row hold thousands of strings (a 2 MiB reply would keep ~13 times its size).
+RAW_COLUMNS = 128
+
+
 def _raw(rec: dict[str, str]) -> dict[str, str]:
-    return {k[:RAW_FIELD_CAP]: v[:RAW_FIELD_CAP] for k, v in rec.items()}
+    return {k[:RAW_FIELD_CAP]: v[:RAW_FIELD_CAP] for k, v in list(rec.items())[:RAW_COLUMNS]}
 
 
 def _check_row_name(name: str, what: str, lb: str | None) -> None:
@@ -288,8 +293,9 @@ def parse_show_stat(
     given.
     """
     lines = text.splitlines()
-    while lines and not lines[0].strip():
-        lines.pop(0)
+    # By index, not pop(0): a reply of a million blank lines must not cost quadratic time.
+    first = next((i for i, ln in enumerate(lines) if ln.strip()), len(lines))
+    lines = lines[first:]
     if not lines or not lines[0].startswith("# "):
         raise LBProtocolError(f"unexpected 'show stat' reply: {clip(text)}", lb=lb)
     header = [h.strip() for h in lines[0][2:].split(",")]

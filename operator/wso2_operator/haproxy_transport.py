@@ -169,7 +169,7 @@ class _InteractiveTransport(ABC):
             raise LBUnreachable(f"{self.description}: {exc}") from exc
         except (HostKeyMismatch, SSHAuthFailed):
             raise  # definitive: the caller must see exactly why
-        except (OSError, EOFError, asyncio.IncompleteReadError, asyncssh.Error) as exc:
+        except (OSError, ValueError, EOFError, asyncio.IncompleteReadError, asyncssh.Error) as exc:
             raise LBUnreachable(f"{self.description}: cannot connect: {_reason(exc)}") from exc
         self._reader, self._writer = reader, writer
         self._last_used = time.monotonic()

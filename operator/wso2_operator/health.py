@@ -80,7 +80,12 @@ class HealthChecker:
                     else f"HTTP {resp.status} from {url}, expected {spec.expected_status}",
                     DETAIL_CAP,
                 )
-        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+        except (
+            aiohttp.ClientError,
+            TimeoutError,
+            OSError,
+            ValueError,
+        ) as e:  # ValueError: bad name
             # aiohttp's parser errors quote the offending status line or header (up to 8 KiB,
             # with line breaks): remote text, clipped like the rest.
             return False, clip(f"{type(e).__name__} from {url}: {e}".rstrip(": "), DETAIL_CAP)

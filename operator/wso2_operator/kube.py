@@ -20,6 +20,9 @@ from kubernetes.client.rest import ApiException
 from .textcap import MESSAGE_LIMIT, cap
 
 GROUP, VERSION, PLURAL = "vmops.dev", "v1alpha1", "wso2clusters"
+# (connect, read) seconds: a hung apiserver connection must not hold the status lock, and with it
+# every node task, for ever (a call in a thread cannot be cancelled from asyncio).
+API_TIMEOUT = (5, 30)
 log = logging.getLogger(__name__)
 
 
@@ -69,7 +72,7 @@ class KubeAdapter:
 
         def call() -> Any:
             return self._custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, PLURAL, name, body
+                GROUP, VERSION, namespace, PLURAL, name, body, _request_timeout=API_TIMEOUT
             )
 
         try:
@@ -91,7 +94,7 @@ class KubeAdapter:
 
         def call() -> Any:
             return self._custom.get_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, name
+                GROUP, VERSION, namespace, PLURAL, name, _request_timeout=API_TIMEOUT
             )
 
         try:
@@ -124,7 +127,7 @@ class KubeAdapter:
             require_label = required_by_env(os.environ)
 
         def call():
-            return self._core.read_namespaced_secret(name, namespace)
+            return self._core.read_namespaced_secret(name, namespace, _request_timeout=API_TIMEOUT)
 
         try:
             secret = await asyncio.to_thread(call)

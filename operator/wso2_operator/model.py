@@ -14,8 +14,10 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-# spec.version's pattern in the CRD: what a versionCommand must print to count as a version.
+# The CRD's patterns for spec.version (also what a versionCommand must print to count as a
+# version) and spec.nodes[].name. ASCII classes on purpose: \d would match other scripts' digits.
 VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
+NODE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 
 class Phase(StrEnum):

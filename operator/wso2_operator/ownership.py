@@ -22,7 +22,10 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from .model import IN_FLIGHT, ClusterSpec, NodeProgress, Phase
-from .observation import DRAIN, MAINT, MISSING, UNREACHABLE, NodeObservation
+from .observation import DRAIN, ERROR, MAINT, MISSING, UNREACHABLE, NodeObservation
+
+# LB states that say nothing about the node: the LB did not answer, or not usably.
+UNKNOWN_STATES = frozenset({UNREACHABLE, MISSING, ERROR})
 
 OUT_STATES = frozenset({MAINT, DRAIN})
 # Phases in which the node must not take load-balanced traffic.
@@ -48,14 +51,12 @@ class Audit:
 
 def serving_lbs(o: NodeObservation) -> tuple[str, ...]:
     """Reachable LBs on which the node is not out on purpose (UP, DOWN, NOLB...)."""
-    return tuple(
-        lb for lb, s in o.lb.items() if s not in OUT_STATES and s not in (UNREACHABLE, MISSING)
-    )
+    return tuple(lb for lb, s in o.lb.items() if s not in OUT_STATES and s not in UNKNOWN_STATES)
 
 
 def proved_out(o: NodeObservation) -> bool:
     """Out (MAINT/DRAIN) on every reachable LB, and at least one LB answered."""
-    states = [s for s in o.lb.values() if s not in (UNREACHABLE, MISSING)]
+    states = [s for s in o.lb.values() if s not in UNKNOWN_STATES]
     return bool(states) and all(s in OUT_STATES for s in states)
 
 
@@ -112,9 +113,7 @@ def audit_claims(
             if n in owned and p.phase in CLAIMS_OUT:
                 allowed = {MAINT} if p.phase in CLAIMS_MAINT else OUT_STATES
                 lbs = tuple(
-                    lb
-                    for lb, s in o.lb.items()
-                    if s not in allowed and s not in (UNREACHABLE, MISSING)
+                    lb for lb, s in o.lb.items() if s not in allowed and s not in UNKNOWN_STATES
                 )
                 if lbs:
                     reassert.append(Reassert(n, lbs, MAINT))

@@ -37,6 +37,7 @@ from .model import (
 )
 from .ownership import DRAIN
 from .planner import (
+    Blocked,
     NodeObservation,
     Plan,
     StepKind,
@@ -112,6 +113,7 @@ class ClusterReconciler:
         self.wake = asyncio.Event()
         self._persist_lock = asyncio.Lock()
         self._last_plan: Plan | None = None
+        self._stood_down = False
 
     def _load(self, obj: Mapping[str, Any]) -> None:
         """Resume state from an object's status (at start, and after standing down)."""
@@ -189,11 +191,18 @@ class ClusterReconciler:
                 await self._wait_stopped(self.settings.resume_grace, stopped)
             # Resume from the freshest status, not the one kopf saw when it started the daemon:
             # a replica that was stopping may have written since.
-            fresh = await self.kube.read_cluster(self.namespace, self.name)
+            try:
+                fresh = await self.kube.read_cluster(self.namespace, self.name)
+            except Exception:  # the apiserver hiccuped: kopf's view will do
+                log.exception("[%s/%s] could not re-read the object", self.namespace, self.name)
+                fresh = None
             if fresh is not None:
                 self._load(fresh)
             while not stopped:
                 if self.writer.other is not None:
+                    if not self._stood_down:
+                        # A node task's write lost: stop every other task too, and say so.
+                        await self._stand_down(StoodDown(self.writer.other))
                     await self._stand_by(stopped)
                     continue
                 try:
@@ -203,16 +212,18 @@ class ClusterReconciler:
                     continue
                 except Exception as e:
                     # A bug or an apiserver refusal must not crash-loop the daemon (kopf would
-                    # restart it from status and forget what this process proved): report it,
-                    # back off, and observe again.
+                    # restart it from status and forget what this process proved): report it as
+                    # a condition and an Event, back off, and observe again.
                     log.exception("[%s/%s] reconcile pass failed", self.namespace, self.name)
-                    event(
-                        self.body,
+                    self.problem = SetupProblem(
                         "ReconcileError",
-                        f"{type(e).__name__}: {cap(e, 512)}; retrying in "
+                        f"{type(e).__name__}: {cap(e, 512)}; retrying every "
                         f"{self.settings.max_backoff:g}s",
-                        warning=True,
                     )
+                    try:
+                        await self.persist(self.spec())  # the condition, and its Event
+                    except Exception:
+                        event(self.body, "ReconcileError", self.problem.message, warning=True)
                     await self._wait_stopped(self.settings.max_backoff, stopped)
                     continue
                 period = self.settings.active_period if active else self.settings.observe_period
@@ -235,6 +246,7 @@ class ClusterReconciler:
             await asyncio.gather(*self.tasks.values(), return_exceptions=True)
         self.tasks.clear()
         self.custody.owned.clear()
+        self._stood_down = True
         event(
             self.body,
             "ConcurrentOperator",
@@ -245,8 +257,13 @@ class ClusterReconciler:
 
     async def _stand_by(self, stopped: Any) -> None:
         await self._wait_stopped(self.settings.observe_period, stopped)
-        if stopped or await self.writer.other_still_active():
+        try:
+            if stopped or await self.writer.other_still_active():
+                return
+        except Exception:
+            log.exception("[%s/%s] could not read the object", self.namespace, self.name)
             return
+        self._stood_down = False
         log.warning("[%s/%s] the other writer went silent; resuming", self.namespace, self.name)
         if self.writer.fresh is not None:
             self._load(self.writer.fresh)
@@ -488,6 +505,8 @@ class ClusterReconciler:
             # writes status itself, between two passes of the loop.
             metrics.nodes_out(self.namespace, self.name, len(p.unavailable))
             self.custody.report_problem(self.problem)
+            lb_block = p.blocked in (Blocked.LB_UNREACHABLE, Blocked.LB_ERROR)
+            self.custody.report_blocked(p.blocked if lb_block else None, p.blocked_message)
             status = summarize(
                 spec=spec,
                 generation=self.generation,

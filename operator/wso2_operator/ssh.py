@@ -519,7 +519,11 @@ class SSHExecutor:
                 host=host,
                 port=port,
             ) from None
-        except (OSError, asyncssh.DisconnectError) as exc:
+        except (
+            OSError,
+            ValueError,
+            asyncssh.DisconnectError,
+        ) as exc:  # ValueError: a bad host name
             raise SSHUnreachable(
                 f"SSH connect to {host}:{port} failed: {_clip(exc)}", host=host, port=port
             ) from exc

@@ -24,7 +24,15 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .model import IN_FLIGHT, ClusterSpec, NodeProgress, Phase, RolloutState
+from .model import (
+    IN_FLIGHT,
+    NODE_NAME_RE,
+    VERSION_RE,
+    ClusterSpec,
+    NodeProgress,
+    Phase,
+    RolloutState,
+)
 from .planner import Blocked, NodeObservation, Plan, display_phase
 from .textcap import (
     LB_STATE_LIMIT,
@@ -73,10 +81,6 @@ TOKEN_LIMIT = 256
 EARLIEST_TIME = 946_684_800.0  # 2000-01-01T00:00:00Z
 FUTURE_SLACK = 86_400.0
 
-# The CRD's patterns for spec.version and spec.nodes[].name. ASCII classes on purpose: \d would
-# also match other scripts' digits.
-VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
-NODE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 # RFC 3339 date-time (section 5.6), with "t"/"z" in either case as it allows, any number of
 # fraction digits and a numeric offset. The length check in parse_iso keeps a huge fraction out.

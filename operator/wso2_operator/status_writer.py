@@ -8,18 +8,21 @@ decision *before* it is acted on:
 
 * every write carries the resourceVersion this writer last wrote or read, so it fails (409) if
   anyone wrote the object since;
-* on a conflict the object is read again. If its status is still the one this writer last wrote
-  or read (only metadata or spec changed: a user's edit, kopf's finalizer), the write is
-  repeated on the new resourceVersion. If someone else wrote status since, this writer *stands
-  down*: the decision
-  it was about to record is dropped, its node tasks are cancelled, and it does not act again
-  until the other writer has been silent for ``lease`` seconds (every writer writes status at
-  least once per observe period, so silence means it stopped).
+* every write stamps ``status.writer`` with this process's identity and a sequence number, so
+  each write is told apart from every other, even two in the same second;
+* on a conflict the object is read again. If its ``writer`` is still the stamp this writer last
+  wrote or read, or is empty (status wiped, or a CRD too old to keep the field), only metadata,
+  spec or other status fields changed (a user's edit, kopf's finalizer): the write is repeated on
+  the new resourceVersion. If it is another identity's stamp, this writer *stands down*: the
+  decision it was about to record is dropped, its node tasks are cancelled, and it does not act
+  again until that stamp has stayed unchanged for ``lease`` seconds, measured on this process's
+  own clock (every writer writes at least once per observe period, and a forged time in status
+  cannot stretch the wait).
 """
 
 from __future__ import annotations
 
-import datetime as dt
+import functools
 import logging
 import os
 import secrets
@@ -35,10 +38,17 @@ log = logging.getLogger(__name__)
 WRITER_FIELD = "writer"
 
 
+@functools.cache
 def writer_identity() -> str:
-    """Unique per process: the pod (host) name, the pid and a random suffix."""
+    """Unique per process (one for all its clusters and daemon restarts): the pod (host) name,
+    the pid and a random suffix."""
     host = os.environ.get("POD_NAME") or socket.gethostname()
     return f"{host[:40]}/{os.getpid()}/{secrets.token_hex(3)}"
+
+
+def stamp_identity(stamp: object) -> str:
+    """The identity part of a ``writer`` stamp ("identity#sequence")."""
+    return str(stamp).rpartition("#")[0] if "#" in str(stamp) else str(stamp)
 
 
 class StoodDown(Exception):
@@ -47,16 +57,6 @@ class StoodDown(Exception):
     def __init__(self, other: str) -> None:
         super().__init__(f"another operator ({other}) is writing this WSO2Cluster's status")
         self.other = other
-
-
-def _heartbeat(status: Mapping[str, Any]) -> float | None:
-    value = status.get("lastObservedTime")
-    if not isinstance(value, str):
-        return None
-    try:
-        return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
 
 
 class StatusWriter:
@@ -78,20 +78,28 @@ class StatusWriter:
         self.resource_version = resource_version or None
         self.other: str | None = None  # set while standing down
         self.fresh: dict[str, Any] | None = None  # the object read on the last conflict
-        # (writer, lastObservedTime) of the status this writer last wrote or read.
-        self.known: tuple[Any, Any] = (None, None)
+        self.known: Any = None  # the writer stamp of the status this writer last wrote or read
+        self._sequence = 0
+        self._other_stamp: Any = None  # while standing down: the other's last stamp seen...
+        self._other_since = 0.0  # ...and since when (monotonic) it has not changed
 
     def adopt(self, obj: Mapping[str, Any]) -> None:
         """Start from this object: its resourceVersion and status are the ones we know."""
         self.resource_version = str(obj["metadata"].get("resourceVersion") or "") or None
-        st = obj.get("status") or {}
-        self.known = (st.get(WRITER_FIELD), st.get("lastObservedTime"))
+        self.known = (obj.get("status") or {}).get(WRITER_FIELD)
+
+    def _foreign(self, stamp: object) -> bool:
+        if not isinstance(stamp, str) or not stamp or stamp == self.known:
+            return False
+        return stamp_identity(stamp) != self.identity
 
     async def write(self, status: Mapping[str, Any]) -> None:
         """Write status conditionally; raises StoodDown when another writer got there first."""
         if self.other is not None:
             raise StoodDown(self.other)
-        body = {**status, WRITER_FIELD: self.identity}
+        self._sequence += 1
+        stamp = f"{self.identity}#{self._sequence}"
+        body = {**status, WRITER_FIELD: stamp}
         for _ in range(3):
             try:
                 rv = await self.kube.patch_status(
@@ -102,13 +110,11 @@ class StatusWriter:
                 if obj is None:
                     return
                 self.fresh = obj
-                st = obj.get("status") or {}
-                other = st.get(WRITER_FIELD)
-                seen = (other, st.get("lastObservedTime"))
+                other = (obj.get("status") or {}).get(WRITER_FIELD)
                 self.resource_version = str(obj["metadata"].get("resourceVersion") or "") or None
-                # Compared by heartbeat too: a CRD older than the writer field prunes it.
-                if other != self.identity and seen[1] != self.known[1]:
-                    self.other = str(other or "unknown")[:120]
+                if self._foreign(other):
+                    self.other = stamp_identity(other)[:120]
+                    self._other_stamp, self._other_since = other, time.monotonic()
                     log.warning(
                         "%s/%s: status was written by %s; standing down",
                         self.namespace,
@@ -119,7 +125,7 @@ class StatusWriter:
                 continue
             if rv is not None:
                 self.resource_version = rv
-            self.known = (self.identity, status.get("lastObservedTime"))
+            self.known = stamp
             return
         raise StatusConflict(f"{self.namespace}/{self.name}: status write kept conflicting")
 
@@ -130,19 +136,16 @@ class StatusWriter:
         if obj is None:
             return False
         self.fresh = obj
-        status = obj.get("status") or {}
-        writer = status.get(WRITER_FIELD)
-        beat = _heartbeat(status)
-        active = (
-            isinstance(writer, str)
-            and writer != self.identity
-            and beat is not None
-            and time.time() - beat < self.lease
-        )
+        stamp = (obj.get("status") or {}).get(WRITER_FIELD)
+        now = time.monotonic()
+        if stamp != self._other_stamp:
+            self._other_stamp, self._other_since = stamp, now
+        foreign = isinstance(stamp, str) and bool(stamp) and stamp_identity(stamp) != self.identity
+        active = foreign and now - self._other_since < self.lease
         if not active:
             self.adopt(obj)
             self.other = None
         return active
 
 
-__all__ = ["StatusWriter", "StoodDown", "writer_identity"]
+__all__ = ["StatusWriter", "StoodDown", "stamp_identity", "writer_identity"]

@@ -56,9 +56,15 @@ def test_departed_nodes_are_read_back_bounded_and_valid():
 
 
 def test_the_writer_starts_from_the_objects_resource_version_and_heartbeat():
-    status = {"writer": "other/1/abc", "lastObservedTime": "2026-11-30T10:00:00Z"}
+    status = {"writer": "other/1/abc#41", "lastObservedTime": "2026-11-30T10:00:00Z"}
     r = reconciler(status, {})
     assert isinstance(r.writer, StatusWriter)
     assert r.writer.resource_version == "7"
-    assert r.writer.known == ("other/1/abc", "2026-11-30T10:00:00Z")
+    assert r.writer.known == "other/1/abc#41"
     assert r.writer.other is None  # another writer's old status is resumed, not feared
+    # What a conflict would find: the same stamp (only metadata changed), a wiped status, our
+    # own stamp, or a stamp of another identity written since.
+    assert not r.writer._foreign("other/1/abc#41")
+    assert not r.writer._foreign(None) and not r.writer._foreign("")
+    assert not r.writer._foreign(f"{r.writer.identity}#7")
+    assert r.writer._foreign("other/1/abc#42")

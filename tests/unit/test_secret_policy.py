@@ -153,7 +153,7 @@ class FakeCore:
     def __init__(self, secret: object) -> None:
         self.secret = secret
 
-    def read_namespaced_secret(self, name: str, namespace: str) -> object:
+    def read_namespaced_secret(self, name: str, namespace: str, **_: object) -> object:
         return self.secret
 
 
