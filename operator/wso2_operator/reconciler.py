@@ -114,6 +114,7 @@ class ClusterReconciler:
         self._persist_lock = asyncio.Lock()
         self._last_plan: Plan | None = None
         self._stood_down = False
+        self._reassert_failed: set[str] = set()
 
     def _load(self, obj: Mapping[str, Any]) -> None:
         """Resume state from an object's status (at start, and after standing down)."""
@@ -393,6 +394,14 @@ class ClusterReconciler:
                 del self.tasks[n]
                 if not t.cancelled() and t.exception() is not None:
                     log.error("node task %s crashed", n, exc_info=t.exception())
+                    e = t.exception()
+                    event(
+                        self.body,
+                        "ReconcileError",
+                        f"{n}: node task stopped on {type(e).__name__}: {cap(e, 512)}; "
+                        "it is started again from status on the next pass",
+                        warning=True,
+                    )
 
     # ------------------------------------------------------------------ observation
     def _detect_drift(self, spec: ClusterSpec, previous: Mapping[str, NodeObservation]) -> None:
@@ -442,8 +451,19 @@ class ClusterReconciler:
                     else:
                         await adapters.pool.maint(spec.backend, r.node)
                 event(self.body, "StateReasserted", msg, warning=True)
+                self._reassert_failed.discard(r.node)
             except WSO2OperatorError as e:
                 log.warning("could not re-assert %s on %s: %s", r.state, r.node, cap(e))
+                if r.node in self._reassert_failed:
+                    continue  # one Event per node until a re-assertion succeeds
+                self._reassert_failed.add(r.node)
+                event(
+                    self.body,
+                    "ReassertFailed",
+                    f"{r.node} is back in rotation on {', '.join(r.lbs)} and could not be taken "
+                    f"out again: {type(e).__name__}: {cap(e, 512)}",
+                    warning=True,
+                )
 
     # ------------------------------------------------------------------ rollout bookkeeping
     def _track_rollout(self, spec: ClusterSpec, now: float) -> None:
@@ -585,6 +605,15 @@ class ClusterReconciler:
                     return
                 attempts = p.attempts + 1
                 delay = min(self.settings.max_backoff, 0.5 * 2 ** min(attempts, 10))
+                if attempts == 1:
+                    # The first of a run of retries is worth an Event; the node row counts them.
+                    event(
+                        self.body,
+                        "StepRetrying",
+                        f"{name}: {step.kind} failed ({type(e).__name__}: {cap(e, 512)}); "
+                        "retrying with back-off until progressDeadlineSeconds",
+                        warning=True,
+                    )
                 self.progress[name] = replace(
                     p,
                     attempts=attempts,
