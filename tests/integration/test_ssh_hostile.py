@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import asyncssh
 import pytest
 
+from tests.integration.test_ssh_executor import creds
 from wso2_operator.errors import (
     ConfigError,
     HostKeyMismatch,
@@ -43,17 +44,6 @@ def ssh_fleet() -> Iterator[Fleet]:
 @pytest.fixture
 def node(ssh_fleet: Fleet) -> NodeHandle:
     return ssh_fleet.nodes[0]
-
-
-def creds(fleet: Fleet, **overrides: object) -> SSHCredentials:
-    kw: dict[str, object] = {
-        "username": fleet.description["ssh"]["user"],
-        "private_key": fleet.client_private_key(),
-        "known_hosts": fleet.known_hosts(),
-        "connect_timeout": 5.0,
-    }
-    kw.update(overrides)
-    return SSHCredentials(**kw)  # type: ignore[arg-type]
 
 
 @pytest.fixture
