@@ -52,6 +52,8 @@ class LBClient:
     def __init__(self, name: str, transport: Transport):
         self.name = name
         self.transport = transport
+        # The `Pid:` of the worker that answered the last read: counters restart with a new one.
+        self.worker_id = ""
 
     def __repr__(self) -> str:
         return f"<LBClient {self.name} via {self.transport!r}>"
@@ -84,6 +86,8 @@ class LBClient:
             info = await self.command("show info")
             stopping = re.search(r"^Stopping:[ \t]*([0-9]+)", info, re.M)
             if not stopping or stopping.group(1) == "0":
+                pid = re.search(r"^Pid:[ \t]*([0-9]{1,12})", info, re.M)
+                self.worker_id = pid.group(1) if pid else ""
                 return
             log.info(
                 "LB %s: connection is on a stopping (reloaded) worker; reconnecting", self.name
@@ -179,6 +183,26 @@ class LBClient:
         await self._write(
             f"set server {backend}/{server} state {state}", backend=backend, server=server
         )
+
+    async def get_weight(self, backend: str, server: str) -> tuple[int, int]:
+        """(current, configured) weight: `get weight` answers "<current> (initial <initial>)"."""
+        _check_name("backend", backend)
+        _check_name("server", server)
+        await self._ensure_current_worker()
+        line = f"get weight {backend}/{server}"
+        reply = await self.command(line)
+        m = re.fullmatch(r"\s*([0-9]{1,3}) \((?:initial )?([0-9]{1,3})\)\s*", reply)
+        if m is None:
+            raise_for_error(reply, lb=self.name, command=line, backend=backend, server=server)
+            raise LBProtocolError(f"LB {self.name}: {line!r}: unexpected reply", lb=self.name)
+        return int(m.group(1)), int(m.group(2))
+
+    async def set_weight(self, backend: str, server: str, weight: int) -> None:
+        _check_name("backend", backend)
+        _check_name("server", server)
+        if not 0 <= weight <= 256:
+            raise ConfigError(f"invalid weight {weight!r}")
+        await self._write(f"set weight {backend}/{server} {weight}", backend=backend, server=server)
 
     async def force_health_down(self, backend: str, server: str) -> None:
         """Mark the server DOWN until ``rise`` new checks pass (see haproxy_pool docstring)."""

@@ -49,6 +49,11 @@ ADAPTER_LATENCY = Histogram(
 ADAPTER_ERRORS = Counter(
     "wso2_adapter_errors_total", "LB and SSH call errors by type.", ["adapter", "error"]
 )
+ANALYSIS_VERDICTS = Counter(
+    "wso2_analysis_verdicts_total",
+    "Analysis verdicts reached for a node (Passed, Failed, Inconclusive), by failing metric.",
+    ["namespace", "name", "verdict", "metric"],
+)
 
 
 def serve(port: int, addr: str = "0.0.0.0") -> tuple[WSGIServer, threading.Thread]:
@@ -74,6 +79,10 @@ def step_done(step: str, seconds: float, ok: bool) -> None:
 
 def nodes_out(namespace: str, name: str, count: int) -> None:
     NODES_OUT.labels(namespace, name).set(count)
+
+
+def analysis_verdict(namespace: str, name: str, verdict: str, metric: str) -> None:
+    ANALYSIS_VERDICTS.labels(namespace, name, verdict, metric if verdict != "Passed" else "").inc()
 
 
 def adapter_call(adapter: str, seconds: float, error: BaseException | None = None) -> None:

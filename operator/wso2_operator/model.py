@@ -90,6 +90,67 @@ class HealthSpec:
 
 
 @dataclass(frozen=True)
+class CanaryStep:
+    """One item of spec.update.steps: a node count to reach, or a pause.
+
+    Called a canary step in the code: "step" alone names a node's update steps (planner.Step).
+    """
+
+    nodes: int | str | None = None  # an int, or "N%" of the nodes rounded up
+    pause: bool = False
+    duration: float | None = None  # a timed pause; None with pause=True: until promoted
+
+    def node_count(self, total: int) -> int:
+        """The nodes this step asks for, between 1 and total."""
+        if isinstance(self.nodes, str):
+            n = math.ceil(total * int(self.nodes.rstrip("%")) / 100)
+        else:
+            n = int(self.nodes or total)
+        return max(1, min(total, n))
+
+
+@dataclass(frozen=True)
+class AnalysisPolicy:
+    """spec.update.analysis: how LB counter windows are judged (see analysis.py)."""
+
+    interval: float = 10.0
+    min_requests: int = 20
+    failure_limit: int = 2
+    success_windows: int = 3
+    inconclusive_limit: int = 6
+    max_error_percent: float = 2.0
+    max_error_ratio: float = 3.0
+    max_response_time_ratio: float = 2.0
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> AnalysisPolicy:
+        return cls(
+            interval=float(d.get("intervalSeconds", 10)),
+            min_requests=int(d.get("minRequests", 20)),
+            failure_limit=int(d.get("failureLimit", 2)),
+            success_windows=int(d.get("successWindows", 3)),
+            inconclusive_limit=int(d.get("inconclusiveLimit", 6)),
+            max_error_percent=float(d.get("maxErrorPercent", 2)),
+            max_error_ratio=float(d.get("maxErrorRatio", 3)),
+            max_response_time_ratio=float(d.get("maxResponseTimeRatio", 2)),
+        )
+
+
+def parse_canary_steps(raw: object) -> tuple[CanaryStep, ...]:
+    out = []
+    for item in raw if isinstance(raw, list) else ():
+        if not isinstance(item, Mapping):
+            continue
+        if "pause" in item:
+            pause = item.get("pause") or {}
+            d = pause.get("durationSeconds") if isinstance(pause, Mapping) else None
+            out.append(CanaryStep(pause=True, duration=float(d) if d is not None else None))
+        elif "nodes" in item:
+            out.append(CanaryStep(nodes=item["nodes"]))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
 class ClusterSpec:
     version: str
     nodes: tuple[NodeSpec, ...]
@@ -112,6 +173,9 @@ class ClusterSpec:
     progress_deadline: float = 1800.0
     failure_policy: str = "Pause"
     paused: bool = False
+    canary_steps: tuple[CanaryStep, ...] = ()
+    ramp_seconds: float = 0.0
+    analysis: AnalysisPolicy | None = None
 
     @property
     def node_names(self) -> tuple[str, ...]:
@@ -174,6 +238,13 @@ class ClusterSpec:
             progress_deadline=float(up.get("progressDeadlineSeconds", 1800)),
             failure_policy=up.get("failurePolicy", "Pause"),
             paused=bool(up.get("paused", False)),
+            canary_steps=parse_canary_steps(up.get("steps")),
+            ramp_seconds=float(up.get("rampSeconds", 0) or 0),
+            analysis=(
+                AnalysisPolicy.from_dict(up["analysis"])
+                if isinstance(up.get("analysis"), Mapping)
+                else None
+            ),
         )
 
 
@@ -228,3 +299,11 @@ class RolloutState:
     finished: bool = False  # the history entry for this rollout has been written
     rollback_failed: bool = False  # a rollback itself failed: hold everything for a human
     hand_back_token: str | None = None  # the vmops.dev/hand-back value last acted on
+    # Canary steps (see canary.py) and the annotations that steer them.
+    step_index: int = 0
+    pause_start: float | None = None
+    promoted_full: bool = False
+    aborted: bool = False
+    promote_token: str | None = None
+    promote_full_token: str | None = None
+    abort_token: str | None = None

@@ -50,6 +50,7 @@ class Blocked(StrEnum):
     UNKNOWN_VERSION = "VersionUnknown"
     LB_ERROR = "LoadBalancerError"  # an LB answers, but not as an admin socket for the backend
     HELD_OUT = "NodeHeldOut"  # a node someone else took out blocks the rest of the rollout
+    CANARY = "StepPaused"  # a canary step (spec.update.steps) holds: see canary.py
 
 
 @dataclass(frozen=True)
@@ -104,9 +105,11 @@ def plan(
     rollout: RolloutState,
     owned: Collection[str] = (),
     hand_back: Collection[str] = (),
+    room: int | None = None,
 ) -> Plan:
     """What to do next. ``owned``: nodes whose out-of-rotation claim this process proved or made
-    (see ownership.py); ``hand_back``: nodes an admin handed back to the operator."""
+    (see ownership.py); ``hand_back``: nodes an admin handed back to the operator; ``room``:
+    how many more nodes a canary step lets begin (None: no limit; see canary.py)."""
     target, rolling_back, held = effective_target(spec, rollout)
     names = spec.node_names
     prog = {n: progress.get(n, NodeProgress()) for n in names}
@@ -208,6 +211,8 @@ def plan(
     for n in candidates:
         if flying >= spec.max_unavailable:
             break
+        if room is not None and len(begin) >= room and not wants_reenable(n):
+            break
         if n not in out and len(out) + 1 > spec.max_unavailable:
             break
         begin.append(
@@ -224,7 +229,10 @@ def plan(
     blocked: Blocked | None = None
     message = ""
     waiting = [n for n in candidates if n not in {b.node for b in begin}]
-    if waiting and not in_flight and not begin:
+    if waiting and not in_flight and not begin and room == 0:
+        blocked = Blocked.CANARY
+        message = "a canary step holds"
+    elif waiting and not in_flight and not begin:
         blocked = Blocked.BUDGET
         down = [n for n in names if n in unavailable]
         message = (

@@ -22,6 +22,9 @@ from typing import Any
 
 from . import metrics
 from .adapters import Adapters, adapter_key, lb_view, observe, reason_of, timed
+from .analysis import NodeAnalysis
+from .canary import CanaryGate
+from .canary_driver import CanaryDriving
 from .custody import HAND_BACK_ANNOTATION, Custody, departed_from_status, hand_back_nodes
 from .errors import (
     WSO2OperatorError,
@@ -46,6 +49,7 @@ from .planner import (
     plan,
     step_deadline,
 )
+from .progressive import analysis_from_status, seen_tokens
 from .status import (
     SetupProblem,
     append_history,
@@ -85,7 +89,7 @@ class Settings:
         return 2 * self.observe_period + 15
 
 
-class ClusterReconciler:
+class ClusterReconciler(CanaryDriving):
     def __init__(
         self,
         *,
@@ -115,6 +119,8 @@ class ClusterReconciler:
         self._last_plan: Plan | None = None
         self._stood_down = False
         self._reassert_failed: set[str] = set()
+        self._analysis_task: asyncio.Task[None] | None = None
+        self.gate: CanaryGate | None = None
 
     def _load(self, obj: Mapping[str, Any]) -> None:
         """Resume state from an object's status (at start, and after standing down)."""
@@ -125,13 +131,14 @@ class ClusterReconciler:
         self.history: list[dict[str, Any]] = history_from_status(status)
         self.conditions: list[dict[str, Any]] = conditions_from_status(status)
         self.custody = Custody(self.body, self.name, departed_from_status(status))
+        self.analysis = analysis_from_status(status)
         annotations = (obj.get("metadata") or {}).get("annotations") or {}
         if not status.get("rollout"):
             # No record of what was acted on (a new object, or status wiped): annotations that are
             # already there are old requests, not new ones. A wiped status must not turn an old
             # retry into an automatic retry of a version that failed.
             self.rollout = replace(
-                self.rollout,
+                seen_tokens(annotations, self.rollout),
                 retry_token=stored_token(annotations.get(RETRY_ANNOTATION)),
                 hand_back_token=stored_token(annotations.get(HAND_BACK_ANNOTATION)),
             )
@@ -241,6 +248,7 @@ class ClusterReconciler:
     async def _stand_down(self, e: StoodDown) -> None:
         """Another operator wrote this cluster's status: stop every node task at once (a
         cancelled command is killed on the node) and act no more until it goes silent."""
+        await self._stop_analysis()
         for t in self.tasks.values():
             t.cancel()
         if self.tasks:
@@ -270,6 +278,7 @@ class ClusterReconciler:
             self._load(self.writer.fresh)
 
     async def _shutdown(self) -> None:
+        await self._stop_analysis()
         for t in self.tasks.values():
             t.cancel()
         if self.tasks:
@@ -332,8 +341,14 @@ class ClusterReconciler:
         self._detect_drift(spec, previous)
         self.custody.release_departed(extra)
         self.progress = self.custody.audit(spec, self.observed, self.progress)
+        promote = await self._steer(spec, adapters)
         hand_back = self.hand_back(spec)
-        p = plan(spec, self.observed, self.progress, self.rollout, self.custody.owned, hand_back)
+        room = self._canary_room(spec, now, promote)
+        p = plan(
+            spec, self.observed, self.progress, self.rollout, self.custody.owned, hand_back, room
+        )
+        if p.blocked == Blocked.CANARY and self.gate is not None:
+            p = replace(p, blocked_message=self.gate.message)
         self._last_plan = p
         self.custody.report_held(p.held_out, self.observed)
         self.custody.report_unknown_versions(self.observed)
@@ -381,7 +396,9 @@ class ClusterReconciler:
         for n, prog in self.progress.items():
             if prog.phase in IN_FLIGHT and n not in self.tasks and n in spec.node_names:
                 self.tasks[n] = asyncio.create_task(self._drive_node(n), name=f"node-{n}")
-        return bool(self.tasks) or bool(p.unavailable)
+        self._ensure_analysis(spec)
+        holding = self.gate is not None and self.gate.holding
+        return bool(self.tasks) or bool(p.unavailable) or holding
 
     def _unchanged(self, snapshot: Mapping[str, NodeProgress]) -> bool:
         return all(self.progress.get(n) is p for n, p in snapshot.items()) and len(snapshot) == len(
@@ -475,8 +492,14 @@ class ClusterReconciler:
                 self.body, "RetryRequested", f"retrying {spec.version} ({RETRY_ANNOTATION}={token})"
             )
             r = replace(
-                r, retry_token=token, failed_version=None, rollback_failed=False, finished=False
+                r,
+                retry_token=token,
+                failed_version=None,
+                rollback_failed=False,
+                finished=False,
+                aborted=False,
             )
+            self.analysis.reset()
         if r.to_version != spec.version:
             if r.to_version is not None and not r.finished:
                 self.history = append_history(
@@ -492,7 +515,11 @@ class ClusterReconciler:
                 to_version=spec.version,
                 start=now,
                 retry_token=r.retry_token,
+                promote_token=r.promote_token,
+                promote_full_token=r.promote_full_token,
+                abort_token=r.abort_token,
             )
+            self.analysis.reset()
             metrics.rollout_started(self.namespace, self.name)
         self.rollout = r
 
@@ -538,7 +565,9 @@ class ClusterReconciler:
                 problem=self.problem,
                 now=time.time(),
                 departed=self.custody.departed,
+                hold=self._hold(),
             )
+            self._canary_status(spec, status)
             status["history"] = self.history
             status["departedNodes"] = list(self.custody.departed)
             await self.writer.write(status)
@@ -578,7 +607,9 @@ class ClusterReconciler:
                 # progressDeadlineSeconds holds while a step runs too: a command stuck on the
                 # node or an LB that never answers is cancelled (and killed) at the deadline.
                 async with asyncio.timeout(step_deadline(p, spec, time.time())):
-                    new = await run_step(self.adapters, self.observed, spec, name, p, step)
+                    new = await run_step(
+                        self.adapters, self.observed, spec, name, p, step, self._verdict(spec)
+                    )
             except TimeoutError:
                 metrics.step_done(step.kind, time.monotonic() - t0, ok=False)
                 await self._fail(
@@ -629,6 +660,9 @@ class ClusterReconciler:
             if self.progress.get(name) is not p:
                 continue  # changed under us (retarget): re-evaluate before recording
             self.progress[name] = new
+            if new.phase == Phase.SOAKING and p.phase != Phase.SOAKING:
+                self.analysis.nodes[name] = NodeAnalysis()  # a new soak is judged afresh
+                self.wake.set()  # the loop starts the analysis
             await self._refresh_node_lb(spec, name)
             await self.persist(spec)
             if new.phase != p.phase:
@@ -643,8 +677,13 @@ class ClusterReconciler:
         if not message.startswith(reason):
             message = f"{reason}: {message}"
         self.progress[name] = p.to(Phase.FAILED, time.time(), message)
+        await self._fail_rollout(spec, reason, message, p.target)
+
+    async def _fail_rollout(
+        self, spec: ClusterSpec, reason: str, message: str, node_target: str | None = None
+    ) -> None:
         r = self.rollout
-        if r.rolling_back or (p.target is not None and p.target != spec.version):
+        if r.rolling_back or (node_target is not None and node_target != spec.version):
             # The rollback itself failed: hold for a human rather than loop.
             self.rollout = replace(r, failed_version=spec.version, rollback_failed=True)
         else:
@@ -652,8 +691,9 @@ class ClusterReconciler:
         _, rolling_back, _ = effective_target(spec, self.rollout)
         self.rollout = replace(self.rollout, rolling_back=rolling_back)
         if not rolling_back:
+            result = "Aborted" if self.rollout.aborted else "Failed"
             self.history = append_history(
-                self.history, history_entry(self.rollout, "Failed", time.time(), message)
+                self.history, history_entry(self.rollout, result, time.time(), message)
             )
             self.rollout = replace(self.rollout, finished=True)
         metrics.rollout_failed(self.namespace, self.name, reason)

@@ -63,7 +63,8 @@ STATUS_SIZE_BOUND = 1024 * 1024
 # 480 KB of the bound; tokens (see textcap.cap_token) cost one byte a character.
 # Measured worst case (tests/unit/test_status_hostile.py::test_worst_case_status_fits): 100
 # nodes and 16 LBs, every field at its cap, 10 history entries, 32 departedNodes and the writer
-# field: 920,682 bytes in json.dumps (the Kubernetes client's encoding), 490,090 as UTF-8.
+# field, the canary fields and status.analysis at their caps: 961,797 bytes in json.dumps (the
+# Kubernetes client's encoding), 520,965 as UTF-8.
 NODE_MESSAGES_BUDGET = 40_000
 MIN_NODE_MESSAGE_LIMIT = 128
 
@@ -329,6 +330,7 @@ def summarize(
     problem: SetupProblem | None,
     now: float,
     departed: Sequence[str] = (),
+    hold: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
     """The whole status except history (the reconciler adds it). Every string that can come
     from outside is capped (textcap): condition messages and reasons, node messages (to
@@ -378,8 +380,11 @@ def summarize(
     else:
         degraded = (False, "AsExpected", "no failures")
 
-    # Progressing: the operator is moving nodes right now.
-    if flying or plan.begin:
+    # Progressing: the operator is moving nodes right now. A hold (a canary pause, an
+    # inconclusive analysis) waits for time or a human, even with a node soaking.
+    if hold is not None and not degraded[0]:
+        progressing = (False, *hold)
+    elif flying or plan.begin:
         moving = flying or [b.node for b in plan.begin]
         phases = ", ".join(
             f"{n} {progress.get(n, NodeProgress()).phase or 'Draining'}" for n in moving
@@ -407,6 +412,8 @@ def summarize(
         ready_c = (False, degraded[1], degraded[2])
     elif spec.paused and not flying:
         ready_c = (False, "Paused", f"paused with {updated}/{total} nodes at {spec.version}")
+    elif hold is not None:
+        ready_c = (False, *hold)
     elif flying or plan.begin:
         ready_c = (False, "RolloutInProgress", progressing[2])
     elif plan.blocked is not None:
@@ -415,7 +422,7 @@ def summarize(
         ready_c = (False, "NodesNotReady", f"{ready}/{total} nodes ready, {updated} updated")
 
     # Paused wins over Ready: a user who paused wants to see that, even with nothing pending.
-    if spec.paused and not flying and not degraded[0]:
+    if ((spec.paused and not flying) or hold is not None) and not degraded[0]:
         phase = "Paused"
     elif ready_c[0]:
         phase = "Ready"
@@ -470,6 +477,13 @@ def rollout_dict(r: RolloutState) -> dict[str, Any]:
         "finished": bool(r.finished),
         "rollbackFailed": bool(r.rollback_failed),
         "handBackToken": stored_token(r.hand_back_token),
+        "stepIndex": _clamped_int(r.step_index, MAX_STEP),
+        "pauseStartTime": iso(r.pause_start),
+        "promotedFull": bool(r.promoted_full),
+        "aborted": bool(r.aborted),
+        "promoteToken": stored_token(r.promote_token),
+        "promoteFullToken": stored_token(r.promote_full_token),
+        "abortToken": stored_token(r.abort_token),
     }
     # A merge patch with None deletes the key, which is what we want for cleared fields.
     return d
@@ -497,6 +511,13 @@ def rollout_from_status(status: object, now: float | None = None) -> RolloutStat
         finished=_real_bool(r.get("finished")),
         rollback_failed=_real_bool(r.get("rollbackFailed")),
         hand_back_token=stored_token(r.get("handBackToken")),
+        step_index=_clamped_int(r.get("stepIndex"), MAX_STEP),
+        pause_start=parse_iso(r.get("pauseStartTime"), now),
+        promoted_full=_real_bool(r.get("promotedFull")),
+        aborted=_real_bool(r.get("aborted")),
+        promote_token=stored_token(r.get("promoteToken")),
+        promote_full_token=stored_token(r.get("promoteFullToken")),
+        abort_token=stored_token(r.get("abortToken")),
     )
 
 

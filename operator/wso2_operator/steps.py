@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
 from .adapters import Adapters, VersionProblem, lb_view, parse_version_output, timed
+from .analysis import NodeAnalysis, Verdict
 from .errors import (
     DrainTimeout,
     LBProtocolError,
@@ -25,7 +27,14 @@ from .errors import (
 from .model import ClusterSpec, NodeProgress, Phase
 from .ownership import proved_out, serving_lbs
 from .planner import UNREACHABLE, UP, NodeObservation, Step, StepKind
+from .ramp import RAMP_START, ramp_share, set_share
 from .status import iso
+
+# A node that failed its analysis serves errors: its drain waits this long at most, then MAINT
+# (requests in flight still finish; only new ones go elsewhere).
+EVICT_BOUND = 5.0
+
+VerdictOf = Callable[[str], NodeAnalysis]
 
 
 class StepFailed(Exception):
@@ -44,8 +53,11 @@ async def run_step(
     name: str,
     p: NodeProgress,
     step: Step,
+    verdict: VerdictOf | None = None,
 ) -> NodeProgress:
-    """Run one step of one node's update and return its new progress (not yet persisted)."""
+    """Run one step of one node's update and return its new progress (not yet persisted).
+
+    ``verdict``: the node's analysis so far, when spec.update.analysis is on (see soak)."""
     node = spec.node(name)
     target = p.target or spec.version
     now = time.time
@@ -128,6 +140,10 @@ async def run_step(
     if step.kind == StepKind.ENABLE:
         try:
             async with timed("lb"):
+                # A ramp starts low; without one the configured weight is set, so a weight left
+                # lowered by an interrupted ramp never outlives the next enable.
+                share = RAMP_START if spec.ramp_seconds > 0 else 1.0
+                await set_share(a.pool.clients, spec.backend, name, share)
                 await a.pool.reenable(
                     spec.backend, name, deadline=max(10.0, spec.health.healthy_deadline)
                 )
@@ -135,7 +151,7 @@ async def run_step(
             raise StepFailed("ReenableTimeout", f"{name}: {e}") from None
         return p.to(Phase.SOAKING, now(), f"{name}: UP on every LB; soaking")
     if step.kind == StepKind.SOAK:
-        return await soak(a, observed, spec, name, p)
+        return await soak(a, observed, spec, name, p, verdict)
     raise AssertionError(step)
 
 
@@ -171,11 +187,27 @@ async def soak(
     spec: ClusterSpec,
     name: str,
     p: NodeProgress,
+    verdict: VerdictOf | None = None,
 ) -> NodeProgress:
-    """Stay UP on every LB and healthy for minReadySeconds, or fail."""
+    """Stay UP on every LB and healthy for minReadySeconds, or fail.
+
+    With a ramp, the node's weight rises meanwhile (re-set every tick, so an HAProxy reload
+    that restored the configured weight is corrected) and the soak lasts at least the ramp.
+    With analysis, it ends only when the node passed its windows; a failed analysis takes the
+    node out of rotation at once (see evict) and fails it.
+    """
     node = spec.node(name)
-    end = (p.since or time.time()) + spec.min_ready_seconds
+    since = p.since or time.time()
+    end = since + max(spec.min_ready_seconds, spec.ramp_seconds)
     while True:
+        if spec.ramp_seconds > 0:
+            share = ramp_share(time.time() - since, spec.ramp_seconds)
+            async with timed("lb"):
+                await set_share(a.pool.clients, spec.backend, name, share)
+        judged = verdict(name) if verdict is not None else None
+        if judged is not None and judged.verdict == Verdict.FAILED:
+            await evict(a, spec, name)
+            raise StepFailed("AnalysisFailed", f"{judged.message}; taken out of rotation")
         view = await lb_view(spec, a)
         states = view.states.get(name, {})
         if view.errors:
@@ -197,9 +229,12 @@ async def soak(
         ok, detail = await a.health.check(node.host, spec.health)
         if not ok:
             raise StepFailed("SoakFailed", f"{name}: unhealthy during minReadySeconds: {detail}")
-        if time.time() >= end:
+        if time.time() >= end and (judged is None or judged.verdict == Verdict.PASSED):
             break
-        await asyncio.sleep(min(1.0, max(0.05, end - time.time())))
+        await asyncio.sleep(min(0.5 if judged else 1.0, max(0.05, end - time.time())))
+    if spec.ramp_seconds > 0:
+        async with timed("lb"):
+            await set_share(a.pool.clients, spec.backend, name, 1.0)
     # What soak just proved is the freshest observation: without it the status written with
     # "Current" would still show the node out of rotation (ready 2/3) until the next observation.
     observed[name] = replace(observed.get(name, NodeObservation()), lb=dict(states), healthy=True)
@@ -208,3 +243,14 @@ async def soak(
         since=time.time(),
         message=f"{name}: updated to {p.target}",
     )
+
+
+async def evict(a: Adapters, spec: ClusterSpec, name: str) -> None:
+    """Take a node that serves errors out of rotation now: DRAIN, at most EVICT_BOUND for its
+    sessions, then MAINT on every LB; its weight goes back to the configured one."""
+    async with timed("lb"):
+        try:
+            await a.pool.drain(spec.backend, name, deadline=EVICT_BOUND, on_timeout="fail")
+        except DrainTimeout:
+            await a.pool.maint(spec.backend, name)
+        await set_share(a.pool.clients, spec.backend, name, 1.0)

@@ -10,6 +10,7 @@ master-worker mode with admin sockets, plus its own sshd so the socket can be re
 
     python -m wso2_sandbox.fleet up --dir .sandbox/fleet     # detached; writes fleet.json
     python -m wso2_sandbox.fleet down --dir .sandbox/fleet
+    python -m wso2_sandbox.fleet faults --dir .sandbox/fleet 2.0.0 --error-percent 10  # bad build
 """
 
 from __future__ import annotations
@@ -30,14 +31,22 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from wso2_sandbox import fleet_procs
 from wso2_sandbox.fleet_files import BACKEND, haproxy_config, sshd_config, wso2ctl_script
-from wso2_sandbox.fleet_handles import FleetError, LBHandle, NodeHandle, write_atomic
+from wso2_sandbox.fleet_handles import (
+    FaultsJson,
+    FleetError,
+    LBHandle,
+    NodeHandle,
+    write_atomic,
+    write_faults,
+)
+from wso2_sandbox.standin import parse_faults
 
 SSHD = "/usr/sbin/sshd"
 SSH_KEYGEN = "/usr/bin/ssh-keygen"
@@ -65,6 +74,8 @@ class FleetConfig:
     install_seconds: float = 0.5
     tcp_admin_lbs: tuple[int, ...] = ()  # indexes of LBs that also expose a TCP admin socket
     base_dir: str | None = None
+    # Per-version faults of the stand-in (etc/faults.json on every node; see standin.parse_faults).
+    faults: dict[str, dict[str, float | int]] | None = None
 
 
 class Fleet:
@@ -158,6 +169,38 @@ class Fleet:
                 return lb
         raise KeyError(f"no LB {name!r} in this fleet")
 
+    def set_faults(self, faults: FaultsJson, nodes: Iterable[str] | None = None) -> None:
+        """Replace the per-version faults on every node (or the named ones); {} clears them."""
+        parse_faults(faults)  # all or nothing: a bad mapping must not reach some nodes only
+        for n in self._select(nodes):
+            n.set_faults(faults)
+
+    def set_version_fault(
+        self,
+        version: str,
+        *,
+        error_percent: float = 0.0,
+        error_status: int = 500,
+        latency_ms: float = 0.0,
+        nodes: Iterable[str] | None = None,
+    ) -> None:
+        """Add or replace one version's fault on every node (or the named ones)."""
+        for n in self._select(nodes):
+            n.set_version_fault(
+                version,
+                error_percent=error_percent,
+                error_status=error_status,
+                latency_ms=latency_ms,
+            )
+
+    def clear_faults(self, version: str | None = None, nodes: Iterable[str] | None = None) -> None:
+        """Remove one version's fault, or all faults, on every node (or the named ones)."""
+        for n in self._select(nodes):
+            n.clear_faults(version)
+
+    def _select(self, nodes: Iterable[str] | None) -> list[NodeHandle]:
+        return list(self.nodes) if nodes is None else [self.node(name) for name in nodes]
+
     def reload_lb(self, index: int) -> None:
         """Reload LB `index` like `systemctl reload haproxy` (SIGUSR2 to the master).
 
@@ -240,6 +283,10 @@ class Fleet:
             raise FleetError(f"tcp_admin_lbs {c.tcp_admin_lbs} out of range for {c.lbs} LBs")
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", c.initial_version):
             raise FleetError(f"invalid initial_version {c.initial_version!r}")
+        try:
+            parse_faults(c.faults or {})
+        except ValueError as e:
+            raise FleetError(f"invalid faults: {e}") from None
 
     def _prepare_base(self) -> None:
         c = self.config
@@ -361,6 +408,7 @@ class Fleet:
             Path(n.dir, "etc", "standin.json").write_text(json.dumps(timing, indent=2) + "\n")
             Path(n.dir, "opt", "VERSION").write_text(c.initial_version + "\n")
             Path(n.dir, "log", "installs.count").write_text("0\n")
+            write_faults(Path(n.dir, "etc", "faults.json"), c.faults or {})
             shutil.copyfile(STANDIN_SOURCE, f"{n.dir}/opt/standin.py")
             ctl = Path(n.dir, "bin", "wso2ctl")
             ctl.write_text(

@@ -1,4 +1,4 @@
-"""The fleet's command line: `python -m wso2_sandbox.fleet up|down|status` (`make fleet`).
+"""The fleet's command line: `python -m wso2_sandbox.fleet up|down|status|faults` (`make fleet`).
 
 `up` starts a fleet detached and records it in <dir>/fleet.json; `down` and `status` re-attach to
 it from there with `Fleet.load`.
@@ -11,11 +11,13 @@ import contextlib
 import json
 import os
 import sys
+from pathlib import Path
 
 from wso2_sandbox import fleet as fleet_module
 from wso2_sandbox import fleet_procs
 from wso2_sandbox.fleet import Fleet, FleetConfig
 from wso2_sandbox.fleet_handles import FleetError
+from wso2_sandbox.standin import parse_faults
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
@@ -37,6 +39,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         install_seconds=args.install_seconds,
         tcp_admin_lbs=tuple(args.tcp_admin_lb or ()),
         base_dir=base,
+        faults=_read_faults_file(args.faults) if args.faults else None,
     )
     fleet = Fleet(cfg, stop_at_exit=False).start()
     print(f"fleet up in {fleet.start_seconds:.2f}s: {len(fleet.nodes)} nodes, {len(fleet.lbs)} LBs")
@@ -74,6 +77,52 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0 if fleet.is_alive() else 1
 
 
+def _read_faults_file(path: str) -> dict[str, dict[str, float | int]]:
+    try:
+        raw = json.loads(Path(path).read_text())
+        return {v: f.as_json() for v, f in parse_faults(raw).items()}
+    except (OSError, ValueError) as e:
+        raise FleetError(f"--faults {path}: {e}") from None
+
+
+def _cmd_faults(args: argparse.Namespace) -> int:
+    fleet = Fleet.load(os.path.realpath(args.dir))
+    try:
+        nodes = [fleet.node(name) for name in args.node] if args.node else fleet.nodes
+        names = [n.name for n in nodes]
+        if args.clear:
+            fleet.clear_faults(args.version, names)
+        elif args.version:
+            fleet.set_version_fault(
+                args.version,
+                error_percent=args.error_percent,
+                error_status=args.status,
+                latency_ms=args.latency_ms,
+                nodes=names,
+            )
+    except (KeyError, ValueError) as e:
+        raise FleetError(str(e)) from None
+    for n in nodes:
+        print(f"{n.name}: {json.dumps(n.faults())}")
+    return 0
+
+
+def _add_faults_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "faults",
+        help="make a version a bad build on the nodes (5xx share, latency); no VERSION: show",
+        description="Faults apply to the stand-in running VERSION ('*' = every version without "
+        "an entry of its own) and take effect on the next request; /health and /version stay fine.",
+    )
+    p.add_argument("--dir", default=".sandbox/fleet")
+    p.add_argument("version", nargs="?", metavar="VERSION")
+    p.add_argument("--error-percent", type=float, default=0.0, help="share of requests failed")
+    p.add_argument("--status", type=int, default=500, help="status of a failed request (5xx)")
+    p.add_argument("--latency-ms", type=float, default=0.0, help="added to every request")
+    p.add_argument("--clear", action="store_true", help="remove VERSION's fault, or all faults")
+    p.add_argument("--node", action="append", help="only this node (repeatable)")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m wso2_sandbox.fleet", description=fleet_module.__doc__
@@ -91,12 +140,15 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument(
         "--tcp-admin-lb", type=int, action="append", help="LB index with a TCP admin socket"
     )
+    up.add_argument("--faults", metavar="FILE", help="faults.json for every node (see `faults`)")
     for name, text in (("down", "stop the fleet recorded in <dir>"), ("status", "show it")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--dir", default=".sandbox/fleet")
+    _add_faults_parser(sub)
     args = ap.parse_args(argv)
+    commands = {"up": _cmd_up, "down": _cmd_down, "status": _cmd_status, "faults": _cmd_faults}
     try:
-        return {"up": _cmd_up, "down": _cmd_down, "status": _cmd_status}[args.cmd](args)
+        return commands[args.cmd](args)
     except FleetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

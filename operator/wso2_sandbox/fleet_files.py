@@ -10,6 +10,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 
 BACKEND = "PRD_wso2ei"
+SERVER_WEIGHT = 100
 
 
 def sshd_config(
@@ -70,8 +71,10 @@ def haproxy_config(
     tcp_line = (
         f"    stats socket ipv4@{tcp_admin[0]}:{tcp_admin[1]} level admin\n" if tcp_admin else ""
     )
+    # An explicit weight of 100 (HAProxy's default is 1) lets a traffic ramp `set weight` in
+    # steps of 1 % of a node's configured share.
     server_lines = "".join(
-        f"    server {sname} {addr}:{port} check inter 500ms fall 2 rise 2\n"
+        f"    server {sname} {addr}:{port} weight {SERVER_WEIGHT} check inter 500ms fall 2 rise 2\n"
         for sname, addr, port in servers
     )
     # No retries/redispatch tuning on purpose: the sandbox must show failures the way a stock

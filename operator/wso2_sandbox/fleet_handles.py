@@ -12,13 +12,17 @@ import json
 import os
 import re
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from wso2_sandbox import fleet_procs
 from wso2_sandbox.fleet_files import BACKEND
+from wso2_sandbox.standin import Fault, parse_faults
+
+# faults.json: {"<version>" or "*": {"errorPercent": .., "errorStatus": .., "latencyMs": ..}}
+FaultsJson = Mapping[str, Mapping[str, float | int]]
 
 
 class FleetError(RuntimeError):
@@ -65,6 +69,36 @@ class NodeHandle:
     def set_fail_install(self, versions: Iterable[str]) -> None:
         """Make `wso2ctl install` fail for these versions (an empty list clears it)."""
         write_atomic(self._path("etc", "fail-install"), "".join(f"{v}\n" for v in versions))
+
+    def faults(self) -> dict[str, dict[str, float | int]]:
+        """The node's faults.json, normalised (every key present); {} when it has none."""
+        try:
+            raw = json.loads(self._path("etc", "faults.json").read_text())
+        except FileNotFoundError:
+            return {}
+        return {v: f.as_json() for v, f in parse_faults(raw).items()}
+
+    def set_faults(self, faults: FaultsJson) -> None:
+        """Replace the node's per-version faults ({} clears them); the running stand-in picks
+        them up on its next request. Raises ValueError (and writes nothing) on a bad mapping."""
+        write_faults(self._path("etc", "faults.json"), faults)
+
+    def set_version_fault(
+        self,
+        version: str,
+        *,
+        error_percent: float = 0.0,
+        error_status: int = 500,
+        latency_ms: float = 0.0,
+    ) -> None:
+        """Add or replace one version's entry ("*" = every version without its own entry)."""
+        fault = Fault(float(error_percent), error_status, float(latency_ms))
+        self.set_faults({**self.faults(), version: fault.as_json()})
+
+    def clear_faults(self, version: str | None = None) -> None:
+        """Remove one version's entry, or all of them."""
+        keep = {} if version is None else {k: v for k, v in self.faults().items() if k != version}
+        self.set_faults(keep)
 
     def set_timing(
         self,
@@ -175,6 +209,12 @@ def parse_stat(text: str) -> list[dict[str, str]]:
         raise FleetError(f"unexpected 'show stat' reply: {text[:200]!r}")
     header = lines[0][2:].split(",")
     return [dict(zip(header, ln.split(","), strict=False)) for ln in lines[1:]]
+
+
+def write_faults(path: Path, faults: FaultsJson) -> None:
+    """Validate and write a faults.json atomically (a stand-in never reads half a file)."""
+    parsed = parse_faults(faults)
+    write_atomic(path, json.dumps({v: f.as_json() for v, f in parsed.items()}, indent=2) + "\n")
 
 
 def write_atomic(path: Path, text: str) -> None:

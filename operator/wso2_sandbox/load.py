@@ -54,6 +54,7 @@ SHORT = "short"
 LONG = "long"
 # HAProxy 2.x sends header names lower-cased; aiohttp's header lookup is case-insensitive anyway.
 NODE_HEADER = "X-Node"
+VERSION_HEADER = "X-Version"
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,9 @@ class RequestRecord:
     lb: str  # target name the request was sent to
     node: str | None  # X-Node of the response: the node that answered it
     slow_ms: int | None = None  # requested duration of a LONG request
+    # X-Version of the response: the build that answered (errors of a bad build carry it too;
+    # HAProxy's own 502/503 and broken connections do not).
+    version: str | None = None
 
     @property
     def duration(self) -> float:
@@ -127,6 +131,7 @@ class Counters:
     by_node: Counter[str] = field(default_factory=Counter)
     by_lb: Counter[str] = field(default_factory=Counter)
     failures: Counter[str] = field(default_factory=Counter)  # "503", "502", "ClientOSError", ...
+    failed_by_version: Counter[str] = field(default_factory=Counter)  # failed answers of a build
     started_at: float | None = None
     last_failure: RequestRecord | None = None
 
@@ -142,6 +147,7 @@ class Counters:
             "by_node": dict(self.by_node.copy()),
             "by_lb": dict(self.by_lb.copy()),
             "failures": dict(self.failures.copy()),
+            "failed_by_version": dict(self.failed_by_version.copy()),
             "elapsed": round(elapsed, 3),
         }
 
@@ -251,6 +257,7 @@ class LoadGenerator:
         status: int | None = None
         error: str | None = None
         node: str | None = None
+        version: str | None = None
         entered = c.in_flight < self.config.max_in_flight
         if not entered:
             error = "client-overload"
@@ -261,6 +268,7 @@ class LoadGenerator:
                     await resp.read()
                     status = resp.status
                     node = resp.headers.get(NODE_HEADER)
+                    version = resp.headers.get(VERSION_HEADER)
         except TimeoutError:
             error = "timeout"
         except (aiohttp.ClientError, OSError) as e:
@@ -282,6 +290,7 @@ class LoadGenerator:
                     lb=target.name,
                     node=node,
                     slow_ms=ms,
+                    version=version,
                 )
             )
 
@@ -297,6 +306,8 @@ class LoadGenerator:
             key = str(rec.status) if rec.error is None else rec.error.split(":", 1)[0]
             c.failures[key] += 1
             c.last_failure = rec
+            if rec.version:
+                c.failed_by_version[rec.version] += 1
             if rec.kind == LONG:
                 c.long_failed += 1
 
@@ -374,9 +385,24 @@ def summarize(records: Iterable[RequestRecord]) -> dict[str, Any]:
             Counter(str(r.status) if r.error is None else r.error.split(":", 1)[0] for r in failed)
         ),
         "by_node": dict(Counter(r.node for r in recs if r.ok and r.node)),
+        "by_version": by_version(recs),
         "short_p50_s": pct(0.50),
         "short_p99_s": pct(0.99),
     }
+
+
+def by_version(records: Iterable[RequestRecord]) -> dict[str, dict[str, Any]]:
+    """Per answering build: requests, failed ones, and every node that ever served it."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in records:
+        if r.version is None:
+            continue
+        v = out.setdefault(r.version, {"total": 0, "failed": 0, "nodes": set()})
+        v["total"] += 1
+        v["failed"] += not r.ok
+        if r.node:
+            v["nodes"].add(r.node)
+    return {k: {**v, "nodes": sorted(v["nodes"])} for k, v in sorted(out.items())}
 
 
 def write_records(path: str | Path, records: Iterable[RequestRecord]) -> None:

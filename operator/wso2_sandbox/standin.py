@@ -9,7 +9,11 @@ for rolling updates:
 - `GET /slow?ms=N` holds a request open, so a stop (SIGKILL, like a JVM going away) visibly aborts
   requests in flight;
 - every response names the node and version (`X-Node`, `X-Version`) so clients can tell where
-  they landed.
+  they landed;
+- a bad build can be simulated per version (`<home>/etc/faults.json`, see `parse_faults`): a share
+  of the requests answered 5xx and/or extra latency, while `/health` and `/version` stay fine, as a
+  real bad release behaves. The file is re-read when it changes, so faults can change on a running
+  node.
 
 It writes `port_open` and `ready` to `<home>/log/events.jsonl`; `wso2ctl` writes the other events.
 """
@@ -22,6 +26,8 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -31,6 +37,103 @@ _T0 = time.time()
 
 DEFAULTS = {"boot_seconds": 3.0, "ready_gap_seconds": 2.0}
 MAX_SLOW_MS = 600_000
+MAX_LATENCY_MS = 600_000
+ANY_VERSION = "*"
+_FAULT_KEYS = {"errorPercent", "errorStatus", "latencyMs"}
+
+
+@dataclass(frozen=True)
+class Fault:
+    """How a version misbehaves on non-probe requests."""
+
+    error_percent: float = 0.0  # share of requests answered `error_status`
+    error_status: int = 500
+    latency_ms: float = 0.0  # added to every non-probe request, errors included
+
+    def as_json(self) -> dict[str, float | int]:
+        return {
+            "errorPercent": self.error_percent,
+            "errorStatus": self.error_status,
+            "latencyMs": self.latency_ms,
+        }
+
+
+def parse_faults(raw: object) -> dict[str, Fault]:
+    """Validate faults.json: {"<version>" | "*": {"errorPercent", "errorStatus", "latencyMs"}}.
+
+    "*" applies to every version without an entry of its own (entries are not merged). Raises
+    ValueError on anything else, so a typo never silently means "no fault".
+    """
+    if not isinstance(raw, Mapping):
+        raise ValueError("faults must be a JSON object keyed by version")
+    out = {}
+    for version, entry in raw.items():
+        if not isinstance(version, str) or not version:
+            raise ValueError(f"bad version key {version!r}")
+        if not isinstance(entry, Mapping) or not set(entry) <= _FAULT_KEYS:
+            raise ValueError(f"{version}: expected an object with keys from {sorted(_FAULT_KEYS)}")
+        pct = _number(entry.get("errorPercent", 0), f"{version}.errorPercent", 0, 100)
+        status = entry.get("errorStatus", 500)
+        if type(status) is not int or not 500 <= status <= 599:
+            raise ValueError(f"{version}.errorStatus must be an integer 500..599, not {status!r}")
+        lat = _number(entry.get("latencyMs", 0), f"{version}.latencyMs", 0, MAX_LATENCY_MS)
+        out[version] = Fault(pct, status, lat)
+    return out
+
+
+def _number(value: object, what: str, lo: float, hi: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
+        raise ValueError(f"{what} must be a number {lo:g}..{hi:g}, not {value!r}")
+    return float(value)
+
+
+class FaultModel:
+    """The fault of the version this stand-in runs, from faults.json, re-read when it changes."""
+
+    def __init__(self, path: Path, version: str) -> None:
+        self._path = path
+        self._version = version
+        self._lock = threading.Lock()
+        self._key: tuple[int, int, int] | None = None
+        self._fault: Fault | None = None
+        self._credit = 0.0
+
+    def next_request(self) -> tuple[int | None, float]:
+        """(status to fail this request with or None, seconds to delay it)."""
+        with self._lock:
+            self._refresh()
+            f = self._fault
+            if f is None:
+                return None, 0.0
+            # Error diffusion instead of a random draw: exactly errorPercent of any run of
+            # requests fails, evenly spread, so a test or an analysis window sees the configured
+            # rate without sampling noise.
+            self._credit += f.error_percent
+            fail = self._credit >= 100.0
+            if fail:
+                self._credit -= 100.0
+            return (f.error_status if fail else None), f.latency_ms / 1000
+
+    def _refresh(self) -> None:
+        # One stat per request; the inode catches an atomic replace within the mtime granularity.
+        try:
+            st = os.stat(self._path)
+            key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except OSError:
+            key = None
+        if key == self._key:
+            return
+        self._key = key
+        fault = None
+        if key is not None:
+            try:
+                faults = parse_faults(json.loads(self._path.read_text()))
+                fault = faults.get(self._version, faults.get(ANY_VERSION))
+            except (OSError, ValueError) as e:
+                print(f"standin: ignoring {self._path}: {e}", file=sys.stderr, flush=True)
+        if fault != self._fault:
+            self._credit = 0.0
+        self._fault = fault
 
 
 class EventLog:
@@ -61,6 +164,7 @@ class StandinServer(ThreadingHTTPServer):
         self.node = node
         self.version = version
         self.ready = threading.Event()
+        self.faults: FaultModel | None = None
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -87,6 +191,18 @@ class Handler(BaseHTTPRequestHandler):
             self.rfile.read(length)
         self._handle(send_body=True)
 
+    def _fault(self) -> int | None:
+        """Applies the version's fault to this request: sleeps, returns a status to fail it with.
+
+        Only called past the probe paths, which a bad build still answers.
+        """
+        if self.server.faults is None:
+            return None
+        status, delay = self.server.faults.next_request()
+        if delay:
+            time.sleep(delay)
+        return status
+
     def _handle(self, send_body: bool) -> None:
         srv = self.server
         url = urlsplit(self.path)
@@ -96,6 +212,8 @@ class Handler(BaseHTTPRequestHandler):
             code, text = 200, "ok\n"
         elif url.path in ("/version", "/services/Version"):
             code, text = 200, srv.version + "\n"
+        elif (fail := self._fault()) is not None:
+            code, text = fail, f"{srv.node} {srv.version} failed (simulated fault)\n"
         elif url.path == "/slow":
             try:
                 ms = int(parse_qs(url.query).get("ms", ["1000"])[0])
@@ -172,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
 
     _sleep_until(t0 + boot - gap)
     server = _bind(args.host, args.port, args.name, version)
+    server.faults = FaultModel(home / "etc" / "faults.json", version)
     events.write("port_open", version)
 
     def become_ready() -> None:

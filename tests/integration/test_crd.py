@@ -166,6 +166,7 @@ def test_minimal_spec_gets_defaults(kube: Kube, ns: str) -> None:
         "progressDeadlineSeconds": 1800,
         "failurePolicy": "Pause",
         "paused": False,
+        "rampSeconds": 0,
     }
 
 
@@ -488,6 +489,62 @@ INVALID: list[tuple[str, Mutation, list[str]]] = [
         ["spec.ssh.secretRef.name", "at least 1"],
     ),
     ("unknown-field", _set("updates", {"paused": True}), ['unknown field "spec.updates"']),
+    ("step-nodes-0", _set("update.steps", [{"nodes": 0}]), ["spec.update.steps[0].nodes", "1"]),
+    (
+        "step-nodes-101-percent",
+        _set("update.steps", [{"nodes": "101%"}]),
+        ["spec.update.steps[0].nodes", "should match"],
+    ),
+    (
+        "step-nodes-0-percent",
+        _set("update.steps", [{"nodes": "0%"}]),
+        ["spec.update.steps[0].nodes", "should match"],
+    ),
+    (
+        "step-nodes-word",
+        _set("update.steps", [{"nodes": "half"}]),
+        ["spec.update.steps[0].nodes", "should match"],
+    ),
+    (
+        "step-both-nodes-and-pause",
+        _set("update.steps", [{"nodes": 1, "pause": {}}]),
+        ["spec.update.steps[0]", "exactly one of nodes or pause"],
+    ),
+    (
+        "step-empty",
+        _set("update.steps", [{}]),
+        ["spec.update.steps[0]", "exactly one of nodes or pause"],
+    ),
+    (
+        "step-nodes-decrease",
+        _set("update.steps", [{"nodes": 2}, {"pause": {}}, {"nodes": 1}]),
+        ["spec.update.steps", "must not decrease"],
+    ),
+    (
+        "step-percent-decrease",
+        _set("update.steps", [{"nodes": "67%"}, {"nodes": 1}]),
+        ["spec.update.steps", "must not decrease"],
+    ),
+    (
+        "step-pause-zero",
+        _set("update.steps", [{"pause": {"durationSeconds": 0}}]),
+        ["spec.update.steps[0].pause.durationSeconds", "greater than or equal to 1"],
+    ),
+    (
+        "step-pause-extra-field",
+        _set("update.steps", [{"pause": {"duration": 60}}]),
+        ['unknown field "spec.update.steps[0].pause.duration"'],
+    ),
+    (
+        "analysis-min-requests-0",
+        _set("update.analysis", {"minRequests": 0}),
+        ["spec.update.analysis.minRequests", "greater than or equal to 1"],
+    ),
+    (
+        "ramp-negative",
+        _set("update.rampSeconds", -1),
+        ["spec.update.rampSeconds", "greater than or equal to 0"],
+    ),
 ]
 
 
@@ -553,6 +610,30 @@ VALID: list[tuple[str, Mutation]] = [
     ),
     ("version-with-plus", _set("version", "6.6.0+update42")),
     ("rollback-policy", _set("update.failurePolicy", "Rollback")),
+    (
+        "canary-steps",
+        _set(
+            "update.steps",
+            [{"nodes": 1}, {"pause": {"durationSeconds": 60}}, {"nodes": "67%"}, {"pause": {}}],
+        ),
+    ),
+    ("canary-100-percent", _set("update.steps", [{"nodes": "100%"}])),
+    (
+        "analysis-full",
+        _set(
+            "update.analysis",
+            {
+                "intervalSeconds": 5,
+                "minRequests": 10,
+                "failureLimit": 1,
+                "successWindows": 2,
+                "inconclusiveLimit": 3,
+                "maxErrorPercent": 0.5,
+                "maxErrorRatio": 1.5,
+                "maxResponseTimeRatio": 1.2,
+            },
+        ),
+    ),
     ("health-period-fraction", _set("healthCheck.periodSeconds", 0.1)),
 ]
 
@@ -805,6 +886,38 @@ FULL_STATUS: dict[str, Any] = {
         "finished": False,
         "rollbackFailed": False,
         "handBackToken": "node2 1",
+        "stepIndex": 1,
+        "stepCount": 3,
+        "stepMessage": "step 2/3: paused for 60s",
+        "pauseStartTime": T1,
+        "pauseEndTime": T2,
+        "promoteToken": "p1",
+        "promoteFullToken": "pf1",
+        "abortToken": "a1",
+        "promotedFull": False,
+        "aborted": False,
+    },
+    "analysis": {
+        "phase": "Running",
+        "message": "node1: 0.0% errors (120/120) vs baseline 0.0%",
+        "metric": "",
+        "nodes": [{"name": "node1", "verdict": "Running", "good": 1, "bad": 0, "inconclusive": 0}],
+        "windows": [
+            {
+                "time": T2,
+                "node": "node1",
+                "seconds": 10.0,
+                "requests": 120,
+                "errors": 0,
+                "errorPercent": 0.0,
+                "baselineRequests": 240,
+                "baselineErrorPercent": 0.0,
+                "responseMs": 21.5,
+                "baselineResponseMs": 20.5,
+                "verdict": "Good",
+                "reason": "WithinLimits",
+            }
+        ],
     },
     "history": [
         {

@@ -317,7 +317,10 @@ def test_cli_up_down_leaves_nothing(tmp_path: Path) -> None:
     # A long directory forces the admin sockets into a short /tmp directory.
     base = tmp_path / ("d" * 60) / "fleet"
     cli = [sys.executable, "-m", "wso2_sandbox.fleet"]
-    up = [*cli, "up", "--dir", str(base), "--nodes", "2", "--lbs", "1"]
+    # The initial build is a bad one: it fails every plain request, its probes still pass.
+    faults = tmp_path / "faults.json"
+    faults.write_text('{"1.0.0": {"errorPercent": 100, "errorStatus": 503}}')
+    up = [*cli, "up", "--dir", str(base), "--nodes", "2", "--lbs", "1", "--faults", str(faults)]
     r = subprocess.run(up, capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
     desc = json.loads((base / "fleet.json").read_text())
@@ -326,7 +329,10 @@ def test_cli_up_down_leaves_nothing(tmp_path: Path) -> None:
         assert desc["lbs"][0]["frontend"] in r.stdout
         assert desc["socket_dir"] and len(desc["lbs"][0]["socket"]) < 80
         host, port = desc["lbs"][0]["frontend"].rsplit(":", 1)
-        assert get(f"http://{host}:{port}/")[0] == 200
+        status, headers, _ = get(f"http://{host}:{port}/")
+        assert status == 503 and headers["X-Version"] == "1.0.0"  # answered by the stand-in
+        assert get(f"http://{host}:{port}/health")[0] == 200
+        assert Fleet.load(base).nodes[1].faults()["1.0.0"]["errorStatus"] == 503
         again = subprocess.run(up, capture_output=True, text=True, timeout=30)
         assert again.returncode == 0 and "already up" in again.stdout
         assert json.loads((base / "fleet.json").read_text())["pids"] == desc["pids"]

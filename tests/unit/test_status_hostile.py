@@ -17,8 +17,10 @@ import pytest
 
 from tests.unit.test_planner_properties import NEW, OLD, make_spec
 from tests.unit.test_status import NOW, serving, status_of
+from wso2_operator.analysis import NodeAnalysis, Verdict, Window, WindowVerdict
 from wso2_operator.model import ClusterSpec, LBHostSpec, NodeProgress, NodeSpec, Phase, RolloutState
 from wso2_operator.planner import MAINT, NodeObservation, StepKind, node_step, plan
+from wso2_operator.progressive import MAX_WINDOW_COUNT, WINDOWS_LIMIT, AnalysisState
 from wso2_operator.status import (
     HISTORY_LIMIT,
     MAX_ATTEMPTS,
@@ -465,6 +467,13 @@ def worst_case_status(node_count: int, lb_count: int, over: int = 1) -> dict:
         hand_back_token=EMOJI * TOKEN_LIMIT,
         finished=True,
         rollback_failed=True,
+        step_index=MAX_STEP,
+        pause_start=NOW,
+        promoted_full=True,
+        aborted=True,
+        promote_token=EMOJI * TOKEN_LIMIT,
+        promote_full_token=EMOJI * TOKEN_LIMIT,
+        abort_token=EMOJI * TOKEN_LIMIT,
     )
     st = summarize(
         spec=spec,
@@ -498,20 +507,52 @@ def worst_case_status(node_count: int, lb_count: int, over: int = 1) -> dict:
     st["history"] = history
     st["departedNodes"] = [_name("d", i) for i in range(32)]
     st["writer"] = "w" * 128
+    # Canary steps and analysis (canary_driver._canary_status), every field at its cap.
+    st["rollout"].update(
+        stepCount=21,
+        stepMessage=cap(EMOJI * 512 * over, 512),
+        pauseEndTime=st["rollout"]["startTime"],
+    )
+    analysis = AnalysisState(
+        message=EMOJI * MESSAGE_LIMIT * over, phase="Inconclusive", metric="R" * NAME_LIMIT * over
+    )
+    for i in range(MAX_NODES):
+        analysis.nodes[_name("n", i)] = NodeAnalysis(
+            good=MAX_WINDOW_COUNT,
+            bad=MAX_WINDOW_COUNT,
+            inconclusive=MAX_WINDOW_COUNT,
+            verdict=Verdict.INCONCLUSIVE,
+        )
+    for i in range(WINDOWS_LIMIT + 1):
+        w = Window(
+            node=_name("n", i),
+            end=NOW,
+            seconds=3599.9,
+            requests=2**62,
+            errors=2**62,
+            baseline_requests=2**62,
+            baseline_errors=1,
+            response_ms=1e11,
+            baseline_response_ms=1e11,
+            verdict=WindowVerdict.INCONCLUSIVE,
+            reason="R" * NAME_LIMIT * over,
+        )
+        analysis.record(w, analysis.verdict(w.node))
+    st["analysis"] = analysis.to_status()
     return st
 
 
 def test_worst_case_status_fits():
     """The CRD admits at most 100 nodes (spec.nodes maxItems) and 16 LBs (hosts maxItems).
-    Measured: 920,682 bytes for 100 nodes and 16 LBs (json.dumps, as the Kubernetes client
-    sends it), 490,090 as UTF-8; below the 1 MiB bound, itself well below the apiserver's
+    Measured: 961,797 bytes for 100 nodes and 16 LBs (json.dumps, as the Kubernetes client
+    sends it), 520,965 as UTF-8; below the 1 MiB bound, itself well below the apiserver's
     1.5 MiB request limit."""
     st = worst_case_status(MAX_NODES, MAX_LBS)
     assert len(st["nodes"]) == MAX_NODES
     assert all(len(r["loadBalancers"]) == MAX_LBS for r in st["nodes"])
     assert len(st["history"]) == HISTORY_LIMIT
     size = len(json.dumps(st))
-    assert size == 920_682  # the figure documented in status.py; update both together
+    assert size == 961_797  # the figure documented in status.py; update both together
     assert size <= STATUS_SIZE_BOUND
     assert len(json.dumps(st, ensure_ascii=False).encode()) <= STATUS_SIZE_BOUND
     # At its caps, status still reads back as the resume state it was written from.

@@ -1,0 +1,193 @@
+"""Canary steps and analysis from HAProxy's counters, end to end under load.
+
+The fleet's stand-in misbehaves by installed version (etc/faults.json): a bad build answers a
+share of plain requests with 500, or answers slower, while /health and /version stay fine, as a
+real bad build does. The load generator records which node and version answered each request.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import Env, LBSampler, installs_completed
+from wso2_sandbox.load import LoadConfig, LoadGenerator, LoadThread, targets_from_fleet
+
+pytestmark = pytest.mark.e2e
+
+ANALYSIS = {"intervalSeconds": 3, "minRequests": 10, "failureLimit": 2, "successWindows": 2}
+
+
+def start_load(env: Env, rate: float = 60) -> LoadThread:
+    load = LoadThread(
+        LoadGenerator(targets_from_fleet(env.fleet.description), LoadConfig(rate=rate, seed=11))
+    )
+    load.start()
+    return load
+
+
+def conditions(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in obj.get("status", {}).get("conditions", [])}
+
+
+def events_named(env: Env, reason: str) -> list[dict[str, Any]]:
+    return [e for e in env.events() if e.get("reason") == reason]
+
+
+@pytest.mark.timeout(300)
+def test_bad_release_is_caught_on_the_first_node_and_rolled_back(make_env):
+    env: Env = make_env()
+    env.fleet.set_version_fault("2.0.0", error_percent=10, error_status=500)
+    env.operator.start()
+    update = {
+        "failurePolicy": "Rollback",
+        "steps": [{"nodes": 1}, {"pause": {"durationSeconds": 60}}],
+        "analysis": ANALYSIS,
+    }
+    env.apply_cluster("1.0.0", update=update)
+    env.wait_ready()
+    load = start_load(env)
+    try:
+        with LBSampler(env.fleet) as sampler:
+            time.sleep(2)
+            env.patch_spec({"version": "2.0.0"})
+            obj = env.wait_for(
+                lambda o: o.get("status", {}).get("analysis", {}).get("phase") == "Failed",
+                timeout=120,
+                what="analysis Failed",
+            )
+            obj = env.wait_for(
+                lambda o: conditions(o).get("Degraded", {}).get("reason") == "RolledBack",
+                timeout=120,
+                what="RolledBack",
+            )
+            time.sleep(2)
+        records = load.stop()
+    finally:
+        load.generator.stop()
+
+    st = obj["status"]
+    print("\nanalysis:", st["analysis"]["message"])
+    assert st["analysis"]["metric"] == "ErrorRate"
+    assert {r["name"]: r["version"] for r in st["nodes"]} == {
+        "node1": "1.0.0",
+        "node2": "1.0.0",
+        "node3": "1.0.0",
+    }
+    assert conditions(obj)["Ready"]["status"] == "False"
+    # Only the first node ever ran the bad build.
+    assert installs_completed(env, "node1", "2.0.0") == 1
+    assert installs_completed(env, "node2", "2.0.0") == 0
+    assert installs_completed(env, "node3", "2.0.0") == 0
+    assert sampler.max_out() == 1
+    failed = [r for r in records if not r.ok]
+    assert failed, "the bad build served no errors: the test proves nothing"
+    assert {r.version for r in failed} == {"2.0.0"}, failed[:5]
+    bad_served = [r for r in records if r.version == "2.0.0"]
+    print(f"requests {len(records)}, failed {len(failed)}, served by 2.0.0 {len(bad_served)}")
+    assert events_named(env, "AnalysisFailed")
+    history = st["history"][-1]
+    assert history["result"] == "RolledBack", history
+
+
+@pytest.mark.timeout(300)
+def test_good_release_passes_the_timed_pause_on_its_own(make_env):
+    env: Env = make_env()
+    env.operator.start()
+    update = {"steps": [{"nodes": 1}, {"pause": {"durationSeconds": 8}}], "analysis": ANALYSIS}
+    env.apply_cluster("1.0.0", update=update)
+    env.wait_ready()
+    load = start_load(env)
+    try:
+        with LBSampler(env.fleet) as sampler:
+            time.sleep(2)
+            t0 = time.monotonic()
+            env.patch_spec({"version": "2.0.0"})
+            paused = env.wait_for(
+                lambda o: o.get("status", {}).get("phase") == "Paused",
+                timeout=120,
+                what="the canary pause",
+            )
+            assert installs_completed(env, "node2", "2.0.0") == 0
+            obj = env.wait_ready(timeout=180)
+            took = time.monotonic() - t0
+        records = load.stop()
+    finally:
+        load.generator.stop()
+    print(f"\ngood release with steps + analysis: Ready in {took:.1f}s")
+    assert conditions(paused)["Ready"]["reason"] == "StepPaused"
+    assert paused["status"]["rollout"]["stepIndex"] == 1
+    st = obj["status"]
+    assert st["analysis"]["phase"] == "Passed", st["analysis"]
+    assert {r["version"] for r in st["nodes"]} == {"2.0.0"}
+    failed = [r for r in records if not r.ok]
+    assert records and not failed, failed[:5]
+    assert sampler.max_out() == 1
+    assert events_named(env, "CanaryStepDone")
+
+
+@pytest.mark.timeout(300)
+def test_indefinite_pause_holds_until_promoted_and_abort_rolls_back(make_env):
+    env: Env = make_env()
+    env.operator.start()
+    update = {"failurePolicy": "Rollback", "steps": [{"nodes": 1}, {"pause": {}}]}
+    env.apply_cluster("1.0.0", update=update)
+    env.wait_ready()
+    env.patch_spec({"version": "2.0.0"})
+    env.wait_for(lambda o: o.get("status", {}).get("phase") == "Paused", timeout=120, what="pause")
+    time.sleep(6)  # holds: nothing more happens without a promotion
+    obj = env.get()
+    assert obj["status"]["phase"] == "Paused"
+    assert "until promoted" in obj["status"]["rollout"]["stepMessage"]
+    assert installs_completed(env, "node2", "2.0.0") == 0
+    env.kube.run("annotate", "w2c", env.name, "-n", env.namespace, "vmops.dev/promote=1")
+    env.wait_ready(timeout=120)
+    assert events_named(env, "Promoted")
+
+    # The next release is aborted at its pause: failurePolicy Rollback returns node1.
+    env.patch_spec({"version": "3.0.0"})
+    env.wait_for(
+        lambda o: (
+            o.get("status", {}).get("phase") == "Paused"
+            and o["status"].get("targetVersion") == "3.0.0"
+        ),
+        timeout=120,
+        what="pause of 3.0.0",
+    )
+    env.kube.run("annotate", "w2c", env.name, "-n", env.namespace, "vmops.dev/abort=1")
+    obj = env.wait_for(
+        lambda o: conditions(o).get("Degraded", {}).get("reason") == "RolledBack",
+        timeout=120,
+        what="RolledBack after abort",
+    )
+    assert {r["version"] for r in obj["status"]["nodes"]} == {"2.0.0"}
+    assert obj["status"]["rollout"]["aborted"] is True
+    assert installs_completed(env, "node2", "3.0.0") == 0
+    assert installs_completed(env, "node3", "3.0.0") == 0
+
+
+@pytest.mark.timeout(300)
+def test_too_little_traffic_is_inconclusive_and_never_promotes(make_env):
+    env: Env = make_env()
+    env.operator.start()
+    update = {
+        "steps": [{"nodes": 1}, {"pause": {"durationSeconds": 1}}],
+        "analysis": {**ANALYSIS, "inconclusiveLimit": 3},
+    }
+    env.apply_cluster("1.0.0", update=update)
+    env.wait_ready()
+    env.patch_spec({"version": "2.0.0"})  # no load at all: every window has 0 requests
+    obj = env.wait_for(
+        lambda o: conditions(o).get("Progressing", {}).get("reason") == "AnalysisInconclusive",
+        timeout=120,
+        what="AnalysisInconclusive",
+    )
+    assert obj["status"]["phase"] == "Paused"
+    time.sleep(8)
+    obj = env.get()
+    assert env.node_phase(obj, "node1") == "Soaking"
+    assert installs_completed(env, "node2", "2.0.0") == 0
+    assert obj["status"]["analysis"]["phase"] == "Inconclusive"
+    assert "TooFewRequests" in {w["reason"] for w in obj["status"]["analysis"]["windows"]}
