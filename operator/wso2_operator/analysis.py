@@ -98,16 +98,24 @@ class Window:
 def window_mean_ms(before: ServerCounters, after: ServerCounters) -> tuple[float, int] | None:
     """The mean response time of the responses between two samples, and how many there were.
 
-    HAProxy updates rtime as sum = sum - sum/n + t for every response (n = min(512, lbtot)),
-    and shows sum/n. After k responses with mean m: avg1 = avg0 * q**k + m * (1 - q**k), with
-    q = 1 - 1/n, so m = (avg1 - avg0 * q**k) / (1 - q**k). None when nothing was answered.
+    HAProxy 2.6 keeps sum and shows rtime = sum/n with n = min(512, lbtot). Until a server has
+    served 512 requests every response only adds to sum (rtime is the plain running mean);
+    after that each one does sum = sum - sum/512 + t. So with j responses still in the warm-up
+    and r = k - j after it, q = 1 - 1/512, and m the window's mean:
+        avg1 * n1 = (avg0 * n0 + j * m) * q**r + 512 * m * (1 - q**r)
+    which is solved for m. None when nothing was answered.
     """
     k = after.responses - before.responses
     if k <= 0:
         return None
-    n = min(EMA_SAMPLES, max(1, after.lbtot))
-    qk = (1.0 - 1.0 / n) ** k if n > 1 else 0.0
-    mean = (after.rtime_ms - before.rtime_ms * qk) / (1.0 - qk)
+    n0 = min(EMA_SAMPLES, max(0, before.lbtot))
+    n1 = min(EMA_SAMPLES, max(1, after.lbtot))
+    j = min(k, max(0, EMA_SAMPLES - before.lbtot))
+    qr = (1.0 - 1.0 / EMA_SAMPLES) ** (k - j)
+    denominator = j * qr + EMA_SAMPLES * (1.0 - qr)
+    if denominator <= 0:
+        return None
+    mean = (after.rtime_ms * n1 - before.rtime_ms * n0 * qr) / denominator
     return max(0.0, mean), k
 
 

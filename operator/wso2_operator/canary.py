@@ -100,6 +100,8 @@ def advance(
                 pause_started=started,
             )
         want = s.node_count(total)
+        # A stored pause start belongs to a pause; never to a later one (steps can be edited).
+        pause_start = None
         if settled >= want or promote_left:
             promote_left = False
             passed.append(i)
