@@ -55,10 +55,10 @@ operator: setup
 	KUBECONFIG=$(SANDBOX)/kubeconfig $(BIN)/python -m wso2_operator --standalone -A --liveness=http://127.0.0.1:8080/healthz
 
 demo: setup
-	@$(BIN)/python -m wso2_sandbox.demo $(if $(KEEP),--keep,)
+	@$(BIN)/python -m wso2_sandbox.demo $(if $(KEEP),--keep,) $(if $(SCENARIO),--scenario $(SCENARIO),)
 
 bench: setup
-	@$(BIN)/python -m bench.run
+	@$(BIN)/python -m bench.run $(if $(PROFILE),--profiles $(PROFILE),)
 
 image-check: venv
 	$(BIN)/pytest -q tests/integration/test_manifests.py -k dockerfile

@@ -178,6 +178,83 @@ def analyze(
     }
 
 
+def _taken_out(sample: Sample, node: str, lb_count: int) -> bool:
+    """A tool took `node` out on every LB (DRAIN or MAINT): no new request reaches it."""
+    return len(sample.lbs) == lb_count and all(
+        servers.get(node, ("",))[0].startswith(("DRAIN", "MAINT"))
+        for servers in sample.lbs.values()
+    )
+
+
+def bad_release_figures(
+    *,
+    t0: float,
+    samples: Sequence[Sample],
+    records: Sequence[RequestRecord],
+    events: dict[str, list[dict[str, Any]]],
+    version: str = TO_VERSION,
+    window: float | None = None,
+) -> dict[str, Any]:
+    """What a bad build cost: failed requests, who served it, and for how long.
+
+    `window` (seconds after t0): also count the requests sent up to t0 + window, the same span
+    for every run of a bench whatever its own length (the profile's observe_seconds).
+
+    A node served `version` when an answer carried its X-Node and X-Version `version` (errors of
+    the bad build carry both). Its exposure runs from its first such answer to its removal: the
+    first LB sample after that where it is DRAIN or MAINT on every LB. A node never taken out
+    has no removal; its exposure is then up to its last answer at `version`, i.e. the end of the
+    observed window, and `removed` is false. Times are seconds after t0.
+    """
+    lb_count = max((len(s.lbs) for s in samples), default=0)
+    failed = [r for r in records if not r.ok]
+    answers: dict[str, list[RequestRecord]] = {}
+    for r in records:
+        if r.version == version and r.node:
+            answers.setdefault(r.node, []).append(r)
+    nodes: dict[str, dict[str, Any]] = {}
+    for node, rs in sorted(answers.items()):
+        first = min(r.end for r in rs)
+        last = max(r.end for r in rs)
+        removed = next(
+            (s.t for s in samples if s.t >= first and _taken_out(s, node, lb_count)), None
+        )
+        nodes[node] = {
+            "first_answer": round(first - t0, 3),
+            "removed": None if removed is None else round(removed - t0, 3),
+            "last_answer": round(last - t0, 3),
+            "exposure_seconds": round((removed if removed is not None else last) - first, 3),
+            "answers": len(rs),
+            "failed": sum(not r.ok for r in rs),
+        }
+    first_node = min(nodes, key=lambda n: nodes[n]["first_answer"], default=None)
+    starts = [r.start for r in records]
+    span = max(starts) - min(starts) if starts else 0.0
+    return {
+        "version": version,
+        "requests": len(records),
+        "rate": round(len(records) / span, 1) if span else None,  # measured, for the bound
+        "failed": len(failed),
+        "failed_at_version": sum(r.version == version for r in failed),
+        # HAProxy's own 502/503, cut connections: no build answered them.
+        "failed_no_version": sum(r.version is None for r in failed),
+        "window": window,
+        "requests_in_window": None
+        if window is None
+        else sum(r.start <= t0 + window for r in records),
+        "failed_in_window": None if window is None else sum(r.start <= t0 + window for r in failed),
+        "nodes_served": sorted(nodes),
+        # From the nodes' own event logs: every node that came up ready at `version`.
+        "nodes_ran": sorted(n for n, ev in events.items() if first_event(ev, "ready", t0, version)),
+        "first_node": first_node,
+        "first_node_exposure_seconds": nodes[first_node]["exposure_seconds"]
+        if first_node
+        else None,
+        "first_node_removed": first_node is not None and nodes[first_node]["removed"] is not None,
+        "nodes": nodes,
+    }
+
+
 def finish_run(
     result: RunResult,
     *,
@@ -186,7 +263,14 @@ def finish_run(
     sampler: LBSampler,
     records: list[RequestRecord],
     opts: RunOptions,
+    bad_version: str | None = None,
+    window: float | None = None,
 ) -> RunResult:
+    """The run's figures from its samples, records and node events; artifacts to disk.
+
+    `bad_version`: the build the profile made faulty; its figures go to extra["bad_release"],
+    with failures also counted up to t0 + `window`.
+    """
     events = {n.name: n.events() for n in fleet.nodes}
     a = analyze(t0=t0, samples=sampler.samples, records=records, events=events)
     load = summarize(records)
@@ -208,6 +292,15 @@ def finish_run(
     )
     result.extra["t0"] = t0
     result.extra["sampler_errors"] = sampler.errors
+    if bad_version is not None:
+        result.extra["bad_release"] = bad_release_figures(
+            t0=t0,
+            samples=sampler.samples,
+            records=records,
+            events=events,
+            version=bad_version,
+            window=window,
+        )
     if opts.artifacts is not None:
         d = opts.artifacts
         d.mkdir(parents=True, exist_ok=True)
@@ -247,6 +340,16 @@ def reanalyze(root: Path) -> list[RunResult]:
         r = RunResult(**{k: v for k, v in saved.items() if k in fields})
         for k, v in a.items():
             setattr(r, k, v)
+        if bad := saved["extra"].get("bad_release"):
+            profile = PROFILES.get(r.profile)
+            r.extra["bad_release"] = bad_release_figures(
+                t0=t0,
+                samples=samples,
+                records=records,
+                events=events,
+                version=bad["version"],
+                window=bad.get("window") or (profile.observe_seconds if profile else None),
+            )
         out.append(r)
     order = {(p, k): i for i, (p, k) in enumerate((p, k) for p in PROFILES for k in RUN_KINDS)}
     return sorted(out, key=lambda r: order.get((r.profile, r.name), 99))

@@ -123,6 +123,18 @@ def cluster_done(obj: dict[str, Any], version: str | None = None) -> bool:
     return bool(rows) and all(r.get("version") == version for r in rows)
 
 
+def rolled_back(obj: dict[str, Any], version: str) -> bool:
+    """Degraded=RolledBack (failurePolicy Rollback did its work) and every node runs `version`."""
+    st = obj.get("status") or {}
+    degraded = next((c for c in st.get("conditions") or [] if c.get("type") == "Degraded"), {})
+    rows = st.get("nodes") or []
+    return (
+        degraded.get("reason") == "RolledBack"
+        and bool(rows)
+        and all(r.get("version") == version for r in rows)
+    )
+
+
 @dataclass
 class OperatorProcess:
     """The operator exactly as a user runs it, in its own session so it can be stopped whole."""

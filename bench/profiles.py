@@ -10,7 +10,16 @@ from wso2_sandbox.fleet import FleetConfig
 from wso2_sandbox.load import LoadConfig
 
 FROM_VERSION, TO_VERSION = "1.0.0", "2.0.0"
-RUN_KINDS = ("operator", "seed", "seed-delay0")
+RUN_KINDS = ("operator", "seed", "seed-delay0", "operator-analysis")
+DEFAULT_RUNS = ("operator", "seed", "seed-delay0")
+
+# The operator-analysis run's spec.update (issue 17's check): one canary node, a timed pause, and
+# analysis from the LBs' counters; a failed analysis rolls every updated node back.
+ANALYSIS_UPDATE: dict[str, Any] = {
+    "failurePolicy": "Rollback",
+    "steps": [{"nodes": 1}, {"pause": {"durationSeconds": 60}}],
+    "analysis": {"intervalSeconds": 5, "minRequests": 20, "failureLimit": 2, "successWindows": 3},
+}
 
 
 @dataclass(frozen=True)
@@ -26,6 +35,12 @@ class Profile:
     long_ms: tuple[int, int] = (2000, 5000)
     nodes: int = 3
     lbs: int = 2
+    # Per-version faults of the stand-in (FleetConfig.faults): {} for a good release.
+    faults: dict[str, dict[str, float | int]] = field(default_factory=dict)
+    runs: tuple[str, ...] = DEFAULT_RUNS  # the run kinds `--runs` defaults to
+    # Keep the load going until t0 + this, so runs that end at different times are compared
+    # over the same window (a bad release keeps failing requests after the rollout ends). 0: off.
+    observe_seconds: float = 0.0
 
     def fleet_config(self) -> FleetConfig:
         return FleetConfig(
@@ -35,6 +50,7 @@ class Profile:
             boot_seconds=self.boot_seconds,
             ready_gap_seconds=self.ready_gap_seconds,
             install_seconds=self.install_seconds,
+            faults=self.faults or None,
         )
 
     def load_config(self, max_seconds: float) -> LoadConfig:
@@ -54,8 +70,17 @@ PROFILES: dict[str, Profile] = {
         Profile("slow-ready", boot_seconds=12.0, ready_gap_seconds=10.0),
         # Three times as many long requests: what waiting for a drain is worth.
         Profile("long-requests", long_fraction=0.30),
+        # Issue 17: a 2.0.0 that answers 10 % of plain requests with 500 while /health passes.
+        # Not in the default set: its run kinds and its figures are different (bench/README.md).
+        Profile(
+            "bad-release",
+            faults={TO_VERSION: {"errorPercent": 10, "errorStatus": 500}},
+            runs=("seed", "operator", "operator-analysis"),
+            observe_seconds=90.0,
+        ),
     )
 }
+DEFAULT_PROFILES = ("default", "slow-ready", "long-requests")
 
 
 @dataclass

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.paths import ANSIBLE_PLAYBOOK, REPO
-from bench.profiles import RunResult
+from bench.profiles import FROM_VERSION, PROFILES, RunResult
 
 
 def machine_info() -> dict[str, Any]:
@@ -70,7 +70,7 @@ def table(results: Sequence[RunResult]) -> str:
         rss = "—"
         if r.peak_rss_kib:
             rss = f"{r.peak_rss_kib / 1024:.0f} MiB" + (
-                "" if r.name == "operator" else " (ansible)"
+                "" if r.name.startswith("operator") else " (ansible)"
             )
         lines.append(
             f"| {r.name} | {r.profile} | {fmt_seconds(r.rollout_seconds)} "
@@ -133,10 +133,104 @@ def operator_steps(results: Sequence[RunResult]) -> str:
     return "\n".join(lines)
 
 
+def bad_release_table(results: Sequence[RunResult]) -> str:
+    """Per run of a faulty profile: what the bad build cost (analysis.bad_release_figures)."""
+    runs = [r for r in results if r.extra.get("bad_release")]
+    if not runs:
+        return ""
+    lines = [
+        "| run | profile | outcome | requests total/failed | sent in the first W s after t0: "
+        "total/failed | failed: by the bad build / no answer "
+        "| nodes that served it (records / own events) | first bad node: first bad answer → "
+        "out of rotation on every LB | its last bad answer | load avg before→after |",
+        "|" + "---|" * 10,
+    ]
+    for r in runs:
+        b = r.extra["bad_release"]
+        first = b["nodes"].get(b["first_node"] or "", {})
+        if not first:
+            exposure = "—"
+        elif first["removed"] is not None:
+            exposure = f"{b['first_node']}: {first['exposure_seconds']:.1f} s"
+        else:
+            exposure = (
+                f"{b['first_node']}: never ({first['exposure_seconds']:.1f} s, until the end)"
+            )
+        outcome = r.extra.get("outcome") or (
+            "play ended" if r.extra.get("ansible_rc") == 0 else r.error or "?"
+        )
+        win = "—"
+        if b.get("window") is not None:
+            win = f"W={b['window']:g}: {b['requests_in_window']}/{b['failed_in_window']}"
+        lines.append(
+            f"| {r.name} | {r.profile} | {outcome} | {b['requests']}/{b['failed']} | {win} "
+            f"| {b['failed_at_version']} / {b['failed_no_version']} "
+            f"| {len(b['nodes_served'])} / {len(b['nodes_ran'])} | {exposure} "
+            f"| {fmt_seconds(first.get('last_answer'))} after t0 "
+            f"| {r.extra.get('loadavg_1m_before', '?')}→{r.extra.get('loadavg_1m_after', '?')} |"
+        )
+    return "\n".join(lines)
+
+
+def _bad_release_targets(results: Sequence[RunResult]) -> list[str]:
+    """Issue 17's check, for each operator-analysis run, against the other runs of its bench."""
+    out = []
+    for r in results:
+        b = r.extra.get("bad_release")
+        if r.name != "operator-analysis" or not b:
+            continue
+        interval = float(((r.extra.get("update") or {}).get("analysis") or {})["intervalSeconds"])
+        served = max(len(b["nodes_served"]), len(b["nodes_ran"]))
+        out.append(
+            f"[{'met' if served == 1 else 'MISSED'}] operator-analysis: {served} node(s) ever "
+            "ran the bad version (target 1)"
+        )
+        first = b["nodes"].get(b["first_node"] or "", {})
+        exp = first.get("exposure_seconds") if first.get("removed") is not None else None
+        out.append(
+            f"[{'met' if exp is not None and exp <= 3 * interval else 'MISSED'}] "
+            f"operator-analysis: bad node out of rotation {fmt_seconds(exp)} after its first "
+            f"bad answer (target ≤ 3 analysis intervals = {3 * interval:g} s)"
+        )
+        # One node of n takes 1/n of the load; the build fails errorPercent of it, for at most
+        # 3 intervals before it is out (no ramp: the node gets its full share at once).
+        profile = PROFILES.get(r.profile)
+        if profile and b.get("rate"):
+            pct = float(profile.faults.get(b["version"], {}).get("errorPercent", 0))
+            bound = b["rate"] / profile.nodes * pct / 100 * 3 * interval
+            out.append(
+                f"[{'met' if b['failed_at_version'] <= bound else 'MISSED'}] operator-analysis: "
+                f"{b['failed_at_version']} requests failed by the bad build (bound "
+                f"{b['rate']:.0f} req/s / {profile.nodes} nodes x {pct:g} % x {3 * interval:g} s "
+                f"= {bound:.0f}); {b['failed_no_version']} failed with no answer (target 0)"
+            )
+        ok = set(r.versions.values()) == {FROM_VERSION}
+        out.append(
+            f"[{'met' if ok else 'MISSED'}] operator-analysis: every node back on {FROM_VERSION} "
+            f"({r.extra.get('outcome', r.error)})"
+        )
+        for other in results:
+            ob = other.extra.get("bad_release")
+            if other is r or not ob or other.profile != r.profile:
+                continue
+            # Over the same window when there is one: runs end at different times.
+            key = "failed_in_window" if b.get("window") is not None else "failed"
+            mine, theirs = b[key], ob[key]
+            ratio = f"{theirs / mine:.1f}x" if mine else "—"
+            span = f"in the first {b['window']:g} s" if key == "failed_in_window" else "in all"
+            out.append(
+                f"[info] {other.name}, same fleet and load in the same bench: {theirs} failed "
+                f"{span}, {len(ob['nodes_served'])} nodes served the bad version; {ratio} the "
+                f"failures of operator-analysis ({mine})"
+            )
+    return out
+
+
 def targets(results: Sequence[RunResult]) -> list[str]:
     """The issue's targets, checked honestly (reported, never asserted)."""
-    out = []
-    ops = [r for r in results if r.name == "operator"]
+    out = _bad_release_targets(results)
+    # A faulty profile fails requests by design: the zero-downtime targets are not its question.
+    ops = [r for r in results if r.name == "operator" and not r.extra.get("bad_release")]
     for r in ops:
         ok = r.requests_failed == 0 and r.error is None
         out.append(
@@ -163,6 +257,11 @@ def print_report(results: Sequence[RunResult], machine: dict[str, Any]) -> None:
     print()
     print(breakdown(results))
     print()
+    bad = bad_release_table(results)
+    if bad:
+        print("bad release (t0 = the version change; first bad answer → the node is DRAIN/MAINT):")
+        print(bad)
+        print()
     steps = operator_steps(results)
     if steps:
         print("operator step time (its own histograms, total / count):")

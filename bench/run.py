@@ -2,6 +2,7 @@
 
     python -m bench.run                     # 3 profiles x (operator, seed, seed-delay0)
     python -m bench.run --profiles default --runs operator,seed
+    python -m bench.run --profiles bad-release   # seed, operator, operator-analysis
 
 Every run gets a fresh local fleet (3 sshd "VM" nodes, 2 HAProxy LBs; wso2_sandbox.fleet) under the
 same constant load (wso2_sandbox.load) and makes the same change, 1.0.0 -> 2.0.0:
@@ -10,7 +11,9 @@ same constant load (wso2_sandbox.load) and makes the same change, 1.0.0 -> 2.0.0
   process (`python -m wso2_operator --standalone -n NS`), then a patch of spec.version;
 - seed: bench/seed/rolling-update.yml, the blog's play step for step (serial: 1,
   community.general.haproxy disabled/enabled with wait, wait_for port 8243 with delay 20);
-- seed-delay0: the same play with the wait_for delay set to 0.
+- seed-delay0: the same play with the wait_for delay set to 0;
+- operator-analysis: the operator with canary steps, analysis and failurePolicy Rollback
+  (profiles.ANALYSIS_UPDATE), for the bad-release profile, whose 2.0.0 fails 10 % of requests.
 
 A sampler reads `show stat` on both LBs' admin sockets every 100 ms for the whole run; it is the
 ground truth for "out of rotation" (a node not UP on at least one LB), for when the rollout ended
@@ -42,7 +45,14 @@ from pathlib import Path
 from bench.analysis import reanalyze
 from bench.kube import Kube
 from bench.paths import ANSIBLE_PLAYBOOK, RESULTS_DIR
-from bench.profiles import PROFILES, RUN_KINDS, RunOptions, RunResult
+from bench.profiles import (
+    ANALYSIS_UPDATE,
+    DEFAULT_PROFILES,
+    PROFILES,
+    RUN_KINDS,
+    RunOptions,
+    RunResult,
+)
 from bench.report import fmt_seconds, machine_info, print_report, targets
 from bench.runs import run_operator, run_seed
 from wso2_sandbox.fleet import Fleet
@@ -70,8 +80,14 @@ def _settle(max_load: float, timeout: float) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
-    ap.add_argument("--profiles", default=",".join(PROFILES), help="comma-separated")
-    ap.add_argument("--runs", default=",".join(RUN_KINDS), help="comma-separated")
+    ap.add_argument(
+        "--profiles",
+        default=",".join(DEFAULT_PROFILES),
+        help=f"comma-separated, from {', '.join(PROFILES)}",
+    )
+    ap.add_argument(
+        "--runs", help="comma-separated (default: each profile's own run kinds, bench/README.md)"
+    )
     ap.add_argument("--rate", type=float, help="requests per second (default per profile: 200)")
     ap.add_argument("--warmup", type=float, default=RunOptions.warmup)
     ap.add_argument("--tail", type=float, default=RunOptions.tail)
@@ -98,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         print_report(reanalyze(a.reanalyze), saved.get("machine") or machine_info())
         return 0
     profiles = _parse_list(a.profiles, PROFILES, "profile")
-    runs = _parse_list(a.runs, RUN_KINDS, "run")
+    chosen = _parse_list(a.runs, RUN_KINDS, "run") if a.runs else None
+    plan = [(p, r) for p in profiles for r in (chosen or PROFILES[p].runs)]
+    runs = {r for _, r in plan}
     if any(r.startswith("seed") for r in runs) and not Path(ANSIBLE_PLAYBOOK).exists():
         raise SystemExit(f"{ANSIBLE_PLAYBOOK} missing: pip install -e '.[bench]'")
 
@@ -110,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[RunResult] = []
     with contextlib.ExitStack() as stack:
         kube: Kube | None = None
-        if "operator" in runs:
+        if any(r.startswith("operator") for r in runs):
             from wso2_sandbox.controlplane import ControlPlane
 
             cp_dir = Path(tempfile.mkdtemp(prefix="bench-cp-"))
@@ -122,40 +140,47 @@ def main(argv: list[str] | None = None) -> int:
             stack.callback(kube.close)
             kube.install_crd()
             print(f"control plane up in {time.monotonic() - t:.1f}s", flush=True)
-        for pname in profiles:
+        for pname, run in plan:
             profile = PROFILES[pname]
             if a.rate:
                 profile = replace(profile, rate=a.rate)
-            for run in runs:
-                opts = RunOptions(
-                    warmup=a.warmup,
-                    tail=a.tail,
-                    artifacts=artifacts_root / f"{pname}-{run}",
-                    pyinstrument=a.pyinstrument and run == "operator",
-                )
-                # Other work on this 2-core machine skews every number: let it settle (bounded)
-                # and record how busy it was.
-                load_before = _settle(a.max_load, a.settle) if a.settle else os.getloadavg()[0]
-                t = time.monotonic()
-                print(f"--- {run} / {pname} (load average {load_before:.1f}) ...", flush=True)
-                try:
-                    with Fleet(profile.fleet_config()) as fleet:
-                        if run == "operator":
-                            assert kube is not None
-                            r = run_operator(kube, fleet, profile, opts)
-                        else:
-                            delay = 0 if run == "seed-delay0" else 20
-                            r = run_seed(fleet, profile, opts, delay=delay, name=run)
-                except Exception as e:  # one broken run must not lose the others
-                    r = RunResult(name=run, profile=pname, error=f"{type(e).__name__}: {e}")
-                    print(f"    run failed: {r.error}", flush=True)
-                r.extra["loadavg_1m_before"] = round(load_before, 2)
-                r.extra["loadavg_1m_after"] = round(os.getloadavg()[0], 2)
-                results.append(r)
+            opts = RunOptions(
+                warmup=a.warmup,
+                tail=a.tail,
+                artifacts=artifacts_root / f"{pname}-{run}",
+                pyinstrument=a.pyinstrument and run == "operator",
+            )
+            # Other work on this 2-core machine skews every number: let it settle (bounded)
+            # and record how busy it was.
+            load_before = _settle(a.max_load, a.settle) if a.settle else os.getloadavg()[0]
+            t = time.monotonic()
+            print(f"--- {run} / {pname} (load average {load_before:.1f}) ...", flush=True)
+            try:
+                with Fleet(profile.fleet_config()) as fleet:
+                    if run.startswith("operator"):
+                        assert kube is not None
+                        update = ANALYSIS_UPDATE if run == "operator-analysis" else None
+                        r = run_operator(kube, fleet, profile, opts, name=run, update=update)
+                    else:
+                        delay = 0 if run == "seed-delay0" else 20
+                        r = run_seed(fleet, profile, opts, delay=delay, name=run)
+            except Exception as e:  # one broken run must not lose the others
+                r = RunResult(name=run, profile=pname, error=f"{type(e).__name__}: {e}")
+                print(f"    run failed: {r.error}", flush=True)
+            r.extra["loadavg_1m_before"] = round(load_before, 2)
+            r.extra["loadavg_1m_after"] = round(os.getloadavg()[0], 2)
+            results.append(r)
+            print(
+                f"    {run}/{pname}: rollout {fmt_seconds(r.rollout_seconds)}, "
+                f"{r.requests_failed}/{r.requests_total} failed, max out {r.max_nodes_out}, "
+                f"overhead {r.overhead}, run took {time.monotonic() - t:.0f}s",
+                flush=True,
+            )
+            if b := r.extra.get("bad_release"):
                 print(
-                    f"    {run}/{pname}: rollout {fmt_seconds(r.rollout_seconds)}, "
-                    f"{r.requests_failed}/{r.requests_total} failed, max out {r.max_nodes_out}, "
-                    f"overhead {r.overhead}, run took {time.monotonic() - t:.0f}s",
+                    f"    bad {b['version']}: served by {', '.join(b['nodes_served']) or '-'}, "
+                    f"{b['failed_at_version']} failed by it, first bad node out after "
+                    f"{b['first_node_exposure_seconds']} s (removed: {b['first_node_removed']})",
                     flush=True,
                 )
     report = {

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.analysis import CHECK_INTERVAL, finish_run, first_event
-from bench.kube import CLUSTER_NAME, Kube, OperatorProcess, cluster_done
+from bench.kube import CLUSTER_NAME, Kube, OperatorProcess, cluster_done, rolled_back
 from bench.paths import ANSIBLE_PLAYBOOK, REPO, SEED_DIR
 from bench.profiles import FROM_VERSION, TO_VERSION, Profile, RunOptions, RunResult
 from bench.sampling import LBSampler, all_serving
@@ -40,6 +40,15 @@ def _load_and_sampler(
                 load.stop()
 
 
+def _observe(t0: float, profile: Profile, opts: RunOptions) -> None:
+    """The tail after the rollout, or up to the profile's observed window if that ends later."""
+    time.sleep(max(opts.tail, t0 + profile.observe_seconds - time.time()))
+
+
+def _bad_version(profile: Profile) -> str | None:
+    return TO_VERSION if TO_VERSION in profile.faults else None
+
+
 def _log_dir(log_dir: Path | None, opts: RunOptions, prefix: str) -> Path:
     """The caller's log directory, else the run's artifacts directory, else a fresh temp one."""
     log_dir = log_dir or opts.artifacts or Path(tempfile.mkdtemp(prefix=prefix))
@@ -55,15 +64,24 @@ def run_operator(
     *,
     name: str = "operator",
     log_dir: Path | None = None,
+    update: dict[str, Any] | None = None,
 ) -> RunResult:
-    """The operator rolls `fleet` from 1.0.0 to 2.0.0 under load. `fleet` must be started."""
+    """The operator rolls `fleet` from 1.0.0 to 2.0.0 under load. `fleet` must be started.
+
+    `update` goes into spec.update (e.g. profiles.ANALYSIS_UPDATE). The run ends when the cluster
+    is Ready at 2.0.0, or rolled back to 1.0.0 (a failed analysis with failurePolicy Rollback).
+    """
     opts = opts or RunOptions()
     log_dir = _log_dir(log_dir, opts, "bench-op-")
     ns = kube.new_namespace(f"bench-{profile.name}")
     result = RunResult(name=name, profile=profile.name, peak_rss_of="operator VmHWM")
     result.extra["namespace"] = ns
+    if update:
+        result.extra["update"] = update
     kube.apply(
-        fleet_manifests(fleet.description, name=CLUSTER_NAME, namespace=ns, version=FROM_VERSION),
+        fleet_manifests(
+            fleet.description, name=CLUSTER_NAME, namespace=ns, version=FROM_VERSION, update=update
+        ),
         ns,
     )
     op = OperatorProcess(
@@ -83,19 +101,24 @@ def run_operator(
             time.sleep(opts.warmup)
             t0 = time.time()
             kube.patch_version(ns, TO_VERSION)
-            kube.wait_cluster(
+            obj = kube.wait_cluster(
                 ns,
-                lambda o: cluster_done(o, TO_VERSION),
+                lambda o: cluster_done(o, TO_VERSION) or rolled_back(o, FROM_VERSION),
                 opts.rollout_timeout,
-                f"Ready at {TO_VERSION}",
+                f"Ready at {TO_VERSION} or rolled back to {FROM_VERSION}",
                 poll=0.25,
                 diagnose=op.log_tail,
                 timeline=phases,
             )
             t_done = time.time()
+            result.extra["outcome"] = (
+                f"rolled back to {FROM_VERSION}" if rolled_back(obj, FROM_VERSION) else "Ready"
+            )
+            if analysis := (obj.get("status") or {}).get("analysis"):
+                result.extra["analysis"] = analysis
             n = len(fleet.lbs)
             sampler.wait(lambda s: all_serving(s, n), 30, after=t_done)
-            time.sleep(opts.tail)
+            _observe(t0, profile, opts)
             records = load.stop()
         result.done_seconds = round(t_done - t0, 3)
         result.peak_rss_kib = op.peak_rss_kib()
@@ -109,7 +132,16 @@ def run_operator(
         with contextlib.suppress(Exception):
             result.peak_rss_kib = result.peak_rss_kib or op.peak_rss_kib()
         op.stop()
-    return finish_run(result, t0=t0, fleet=fleet, sampler=sampler, records=records, opts=opts)
+    return finish_run(
+        result,
+        t0=t0,
+        fleet=fleet,
+        sampler=sampler,
+        records=records,
+        opts=opts,
+        bad_version=_bad_version(profile),
+        window=profile.observe_seconds or None,
+    )
 
 
 def _free_port() -> int:
@@ -209,7 +241,7 @@ def run_seed(
                 sampler.wait(
                     lambda s: all_serving(s, n), 30, after=max(t_done, rd + 2 * CHECK_INTERVAL)
                 )
-        time.sleep(opts.tail)
+        _observe(t0, profile, opts)
         records = load.stop()
     text = log_path.read_text(errors="replace")
     tasks = _profile_tasks(text)
@@ -223,4 +255,13 @@ def run_seed(
     )
     if rc != 0:
         result.error = f"ansible-playbook exited {rc}; see {log_path}"
-    return finish_run(result, t0=t0, fleet=fleet, sampler=sampler, records=records, opts=opts)
+    return finish_run(
+        result,
+        t0=t0,
+        fleet=fleet,
+        sampler=sampler,
+        records=records,
+        opts=opts,
+        bad_version=_bad_version(profile),
+        window=profile.observe_seconds or None,
+    )

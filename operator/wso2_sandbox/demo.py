@@ -4,6 +4,7 @@
     python -m wso2_sandbox.demo --keep     # the same, then leave the sandbox up for kubectl
     python -m wso2_sandbox.demo --down     # tear down a sandbox left up by --keep
     python -m wso2_sandbox.demo --fast     # shorter node timings and requests (the e2e test)
+    python -m wso2_sandbox.demo --scenario bad-release   # a bad build caught and rolled back
 
 It starts a real etcd + kube-apiserver (wso2_sandbox.controlplane), installs the CRD, starts a
 fleet of 3 SSH "VM" nodes behind 2 HAProxy LBs (wso2_sandbox.fleet), runs the operator as a
@@ -13,13 +14,19 @@ rollout live until Ready: each node's phase from status, its state on each LB bo
 itself reports it (admin socket) and as the operator wrote it into status, and the request
 counters. It ends with a summary and `kubectl get w2c -o wide`.
 
+`--scenario bad-release` (`make demo SCENARIO=bad-release`): 2.0.0 is a bad build (the fleet's
+fault model: 10 % of requests answered 500 while /health passes) and the WSO2Cluster has canary
+steps, analysis from the LBs' counters and failurePolicy Rollback. The view adds the step, each
+analysis window and the verdict; the run ends once the operator has rolled back to 1.0.0.
+
 Everything lives under .sandbox/demo (or --dir): cluster/ (etcd data, PKI, logs), kubeconfig,
 fleet/ (nodes, LBs, keys, logs), operator.log and demo.json. demo.json records every pid the demo
 started and whether the sandbox is still up; `--down` and the tests read it.
 
-Exit status: 0 when the rollout finished within --timeout, Ready held and no request failed;
-1 otherwise; 130/143/129 after SIGINT/SIGTERM/SIGHUP. The sandbox is torn down first in every
-case but a --keep run that got to its end.
+Exit status: 0 when the rollout finished within --timeout, Ready held and no request failed (for
+bad-release: the bad build was caught on one node, every node is back on 1.0.0 and no request
+failed but those the bad build answered); 1 otherwise; 130/143/129 after SIGINT/SIGTERM/SIGHUP.
+The sandbox is torn down first in every case but a --keep run that got to its end.
 
 The parts: demo_sandbox starts and stops the sandbox and keeps demo.json, demo_view shows the
 progress, demo_kube names the WSO2Cluster and talks to the apiserver; here, the rollout and the CLI.
@@ -34,13 +41,24 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rich.text import Text
 
-from wso2_sandbox.demo_kube import FROM_VERSION, NAME, NAMESPACE, TO_VERSION, DemoError, rolled_out
+from wso2_sandbox.demo_kube import (
+    FROM_VERSION,
+    NAME,
+    NAMESPACE,
+    SCENARIOS,
+    TO_VERSION,
+    DemoError,
+    rolled_back,
+    rolled_out,
+    scenario,
+)
 from wso2_sandbox.demo_sandbox import (
     DEFAULT_DIR,
     FAST,
@@ -53,13 +71,21 @@ from wso2_sandbox.demo_sandbox import (
 )
 from wso2_sandbox.demo_view import LineView, LiveView, Out, build_frame, rel_path
 from wso2_sandbox.fleet_handles import FleetError
-from wso2_sandbox.load import LoadConfig, LoadGenerator, LoadThread, targets_from_fleet
+from wso2_sandbox.load import (
+    LoadConfig,
+    LoadGenerator,
+    LoadThread,
+    by_version,
+    targets_from_fleet,
+)
 
 REFRESH = 0.25  # seconds between frames: 4 per second
 # After the first Ready, how long Ready may take to hold again if it flaps (the operator's active
 # re-observation period is 5 s).
 SETTLE_TIMEOUT = 20.0
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
+# LBWatch.latest: lb -> server -> (status, sessions), None while that LB does not answer
+LBStates = Mapping[str, Mapping[str, tuple[str, int]] | None]
 
 
 class Interrupted(BaseException):
@@ -85,14 +111,41 @@ class Result:
     ready_held: bool = False  # Ready=True at the end, not only once
     settled_seconds: float | None = None  # since the patch, when Ready last became True
     kubectl_wide: str = ""
+    # A bad release (times in seconds after the patch): rollout_seconds is when it was rolled
+    # back, ready_held that it still was at the end.
+    bad: bool = False
+    caught_seconds: float | None = None  # status.analysis.phase became Failed
+    caught_message: str = ""
+    evicted: str = ""  # the failed node
+    evicted_seconds: float | None = None  # ... seen DRAIN or MAINT on every LB's socket
+    first_bad_answer: float | None = None  # the first answer carrying X-Version TO_VERSION
+    served_bad: list[str] = field(default_factory=list)  # nodes that answered as TO_VERSION
+    failed_bad: int = 0  # failed requests the bad build answered (its 500s)
 
     @property
     def ok(self) -> bool:
+        if self.bad:
+            # Caught on one node and rolled back; nothing failed but the bad build's own answers.
+            return (
+                self.rollout_seconds is not None
+                and self.ready_held
+                and self.caught_seconds is not None
+                and len(self.served_bad) == 1
+                and self.counters.get("failed", 1) == self.failed_bad
+            )
         return (
             self.rollout_seconds is not None
             and self.ready_held
             and self.counters.get("failed", 1) == 0
         )
+
+
+def _out_everywhere(live: LBStates, node: str) -> bool:
+    """`node` is DRAIN or MAINT on every LB's admin socket (no LB sends it new requests)."""
+    return bool(live) and all(
+        servers is not None and servers.get(node, ("",))[0].startswith(("DRAIN", "MAINT"))
+        for servers in live.values()
+    )
 
 
 def run_rollout(sb: Sandbox, timeout: float) -> Result:
@@ -111,7 +164,8 @@ def run_rollout(sb: Sandbox, timeout: float) -> Result:
     gen = LoadGenerator(targets_from_fleet(fleet.description), cfg)
     load = LoadThread(gen)
     watch = LBWatch(fleet.lbs).start()
-    result = Result()
+    bad = sb.scenario.bad
+    result = Result(bad=bad)
     view: LiveView | LineView | None = None
     try:
         load.start()
@@ -125,6 +179,7 @@ def run_rollout(sb: Sandbox, timeout: float) -> Result:
         out.step(f"$ kubectl patch w2c {NAME} --type=merge -p '{patch}'")
         watch.counting = True
         t0 = time.monotonic()
+        t0_wall = time.time()  # the load's records are in Unix time
         kube.kubectl("patch", "w2c", NAME, "-n", NAMESPACE, "--type=merge", "-p", patch)
         view = LiveView(out) if out.tty else LineView(out)
         obj: dict[str, Any] = {}
@@ -136,7 +191,10 @@ def run_rollout(sb: Sandbox, timeout: float) -> Result:
             sb.check_operator()
             with contextlib.suppress(Exception):  # a transient API error: keep the last frame
                 obj = kube.get_cluster()
-            ready = rolled_out(obj, TO_VERSION)
+            # The end state: Ready at the new version, or (a bad release) rolled back.
+            ready = rolled_back(obj, FROM_VERSION) if bad else rolled_out(obj, TO_VERSION)
+            if bad:
+                _track_catch(result, obj, watch.latest, now - t0)
             if ready and not was_ready:
                 result.settled_seconds = now - t0
             if ready and result.rollout_seconds is None:
@@ -164,6 +222,7 @@ def run_rollout(sb: Sandbox, timeout: float) -> Result:
                 max_out=watch.max_out,
             )
             frame.rollout_seconds = result.rollout_seconds
+            frame.end_state = "rolled back" if bad else "rolled out"
             frame.flaps = result.ready_flaps
             frame.done = finished or now > deadline
             result.ready_held = finished
@@ -186,18 +245,84 @@ def run_rollout(sb: Sandbox, timeout: float) -> Result:
     result.by_node = dict(sorted(load.counters.by_node.items()))
     result.max_out = watch.max_out
     result.max_detail = watch.max_detail
+    bad_build = by_version(records).get(TO_VERSION, {})
+    result.served_bad = bad_build.get("nodes", [])
+    result.failed_bad = bad_build.get("failed", 0)
+    first = min((r.end for r in records if r.version == TO_VERSION), default=None)
+    result.first_bad_answer = None if first is None else first - t0_wall
     result.kubectl_wide = kube.kubectl("get", "w2c", "-n", NAMESPACE, "-o", "wide")
+    end_state = "rolled back" if bad else "Ready"
     if result.rollout_seconds is not None and not result.ready_held:
-        out.line("[bold red]Ready did not hold after the rollout (see status below)[/bold red]")
+        out.line(
+            f"[bold red]{end_state} did not hold after the rollout (see status below)[/bold red]"
+        )
     if not result.ready_held:
         if result.rollout_seconds is None:
-            out.line(f"[bold red]the rollout did not finish within {timeout:.0f}s[/bold red]")
+            what = "the rollback" if bad else "the rollout"
+            out.line(f"[bold red]{what} did not finish within {timeout:.0f}s[/bold red]")
         out.raw(json.dumps((obj.get("status") or {}).get("conditions"), indent=1)[:2000])
         out.raw(f"--- operator log tail ({sb.paths.operator_log}) ---\n{sb.operator_tail()}")
     return result
 
 
+def _track_catch(result: Result, obj: Mapping[str, Any], live: LBStates, elapsed: float) -> None:
+    """When the analysis failed, and when its node was seen out of rotation on every LB."""
+    a = (obj.get("status") or {}).get("analysis") or {}
+    if result.caught_seconds is None and a.get("phase") == "Failed":
+        result.caught_seconds = elapsed
+        result.caught_message = a.get("message", "")
+        failed = [n.get("name", "") for n in a.get("nodes") or [] if n.get("verdict") == "Failed"]
+        result.evicted = failed[0] if failed else ""
+    if result.evicted and result.evicted_seconds is None and _out_everywhere(live, result.evicted):
+        result.evicted_seconds = elapsed
+
+
+def print_bad_release_summary(out: Out, result: Result, sb: Sandbox, total: float) -> None:
+    c = result.counters
+
+    def at(v: float | None) -> str:
+        return "[bold red]never[/bold red]" if v is None else f"{v:.1f} s"
+
+    served = ", ".join(result.served_bad) or "-"
+    one = "bold green" if len(result.served_bad) == 1 else "bold red"
+    other = c.get("failed", 0) - result.failed_bad
+    out.line("")
+    out.line(
+        f"[bold]Summary[/bold]  {FROM_VERSION} -> {TO_VERSION} (a bad build), after the patch:"
+    )
+    out.line(f"  first answer from {TO_VERSION}: {at(result.first_bad_answer)}")
+    out.line(
+        f"  caught (status.analysis Failed): {at(result.caught_seconds)}  {result.caught_message}"
+    )
+    out.line(
+        f"  {result.evicted or 'the bad node'} out of rotation (DRAIN/MAINT on every LB's socket):"
+        f" {at(result.evicted_seconds)}"
+    )
+    out.line(
+        f"  rolled back (Degraded RolledBack, every node {FROM_VERSION}):"
+        f" {at(result.rollout_seconds)}"
+    )
+    out.line(f"  nodes that ever answered as {TO_VERSION}: [{one}]{served}[/{one}]")
+    out.line(
+        f"  requests: {c.get('sent', 0)} sent, {c.get('ok', 0)} served,"
+        f" {c.get('failed', 0)} failed:"
+        f" {result.failed_bad} answered by {TO_VERSION},"
+        f" [{'bold red' if other else 'bold green'}]{other} other[/]"
+    )
+    out.line(
+        f"  max nodes out of rotation (both LBs' admin sockets, every {SAMPLE_INTERVAL:g}s):"
+        f" {result.max_out} (maxUnavailable 1)"
+    )
+    out.line(f"  demo wall time {total:.1f} s; operator log {rel_path(sb.paths.operator_log)}")
+    out.line("")
+    out.line(f"$ kubectl get w2c -n {NAMESPACE} -o wide")
+    out.raw(result.kubectl_wide.rstrip("\n"))
+
+
 def print_summary(out: Out, result: Result, sb: Sandbox, total: float) -> None:
+    if result.bad:
+        print_bad_release_summary(out, result, sb, total)
+        return
     c = result.counters
     rollout = (
         f"{result.rollout_seconds:.1f} s"
@@ -293,13 +418,14 @@ def run(args: argparse.Namespace, out: Out) -> int:
         _ignore_signals()
         return down(paths, out)
     profile = FAST if args.fast else NORMAL
-    sb = Sandbox(paths=paths, profile=profile, out=out, keep=args.keep)
+    sc = scenario(args.scenario, profile.analysis_interval)
+    sb = Sandbox(paths=paths, profile=profile, out=out, keep=args.keep, scenario=sc)
     code = 1
     keep_up = False
     _install_signal_handlers()
     try:
         out.line(
-            f"[bold]wso2-operator demo[/bold]: a rolling update {FROM_VERSION} -> {TO_VERSION}"
+            f"[bold]wso2-operator demo[/bold]: {sc.title}"
             f" of 3 VM nodes behind 2 HAProxy LBs, under load; sandbox in {rel_path(paths.root)}"
         )
         sb.prepare()
@@ -356,6 +482,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="leave the sandbox up at the end")
     ap.add_argument("--down", action="store_true", help="tear down a sandbox left by --keep")
     ap.add_argument("--fast", action="store_true", help="shorter node timings (tests)")
+    ap.add_argument(
+        "--scenario",
+        choices=SCENARIOS,
+        default="rollout",
+        help="rollout: a good release; bad-release: a bad build caught by analysis, rolled back",
+    )
     ap.add_argument("--timeout", type=float, default=120.0, help="rollout timeout, seconds")
     ap.add_argument("--dir", default=str(DEFAULT_DIR), help="sandbox directory (.sandbox/demo)")
     args = ap.parse_args(argv)

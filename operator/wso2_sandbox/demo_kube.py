@@ -8,12 +8,53 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 GROUP, API_VERSION, PLURAL = "vmops.dev", "v1alpha1", "wso2clusters"
 NAME, NAMESPACE = "wso2ei", "default"
 FROM_VERSION, TO_VERSION = "1.0.0", "2.0.0"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """What the demo rolls out: the fleet's faults and the WSO2Cluster's spec.update."""
+
+    name: str
+    title: str
+    # Per-version faults of the fleet's stand-in (FleetConfig.faults); {}: every build is good.
+    faults: dict[str, dict[str, float | int]] = field(default_factory=dict)
+    update: dict[str, Any] = field(default_factory=dict)  # merged into spec.update
+    bad: bool = False  # the new version is bad: success is catching it and rolling back
+
+
+def scenario(name: str, analysis_interval: int) -> Scenario:
+    """`rollout` (the default) or `bad-release`, with analysis windows of `analysis_interval` s."""
+    if name == "rollout":
+        return Scenario("rollout", f"a rolling update {FROM_VERSION} -> {TO_VERSION}")
+    if name == "bad-release":
+        return Scenario(
+            "bad-release",
+            f"a canary rollout of a bad build {FROM_VERSION} -> {TO_VERSION}",
+            # A bad build as it really behaves: health and version probes pass, users see 500s.
+            faults={TO_VERSION: {"errorPercent": 10, "errorStatus": 500}},
+            update={
+                "failurePolicy": "Rollback",
+                "steps": [{"nodes": 1}, {"pause": {"durationSeconds": 60}}],
+                "analysis": {
+                    "intervalSeconds": analysis_interval,
+                    "minRequests": 10,
+                    "failureLimit": 2,
+                    "successWindows": 2,
+                },
+            },
+            bad=True,
+        )
+    raise ValueError(f"unknown scenario {name!r}")
+
+
+SCENARIOS = ("rollout", "bad-release")
 
 
 class DemoError(RuntimeError):
@@ -79,3 +120,13 @@ def rolled_out(obj: Mapping[str, Any], version: str) -> bool:
         return False
     rows = st.get("nodes") or []
     return bool(rows) and all(r.get("version") == version for r in rows)
+
+
+def rolled_back(obj: Mapping[str, Any], version: str) -> bool:
+    """Degraded=RolledBack (failurePolicy Rollback finished) and every node reports `version`."""
+    rows = (obj.get("status") or {}).get("nodes") or []
+    return (
+        condition(obj, "Degraded").get("reason") == "RolledBack"
+        and bool(rows)
+        and all(r.get("version") == version for r in rows)
+    )

@@ -30,7 +30,9 @@ from wso2_sandbox.demo_kube import (
     PLURAL,
     DemoError,
     Kube,
+    Scenario,
     rolled_out,
+    scenario,
 )
 from wso2_sandbox.demo_view import Out, rel_path
 from wso2_sandbox.fleet import Fleet, FleetConfig
@@ -58,6 +60,7 @@ class Profile:
     rate: float = 100.0  # requests per second over both LBs
     long_fraction: float = 0.10
     min_ready_seconds: int = 1
+    analysis_interval: int = 5  # seconds per analysis window (the bad-release scenario)
     operator_env: tuple[tuple[str, str], ...] = ()  # extra environment for the operator
 
 
@@ -79,6 +82,7 @@ FAST = Profile(
     warmup=1.0,
     tail=0.5,
     min_ready_seconds=0,
+    analysis_interval=3,
     # Less load on small CI machines, where the generator competes with the fleet for the CPU.
     rate=50.0,
     # The e2e tests' re-observation periods (tests/e2e/conftest.py). `make demo` keeps the
@@ -178,6 +182,7 @@ class Sandbox:
     profile: Profile
     out: Out
     keep: bool = False
+    scenario: Scenario = field(default_factory=lambda: scenario("rollout", 5))
     cp: ControlPlane | None = None
     fleet: Fleet | None = None
     operator: subprocess.Popen[bytes] | None = None
@@ -239,6 +244,7 @@ class Sandbox:
             ready_gap_seconds=p.ready_gap_seconds,
             install_seconds=p.install_seconds,
             base_dir=str(self.paths.fleet),
+            faults=self.scenario.faults or None,
         )
         # No atexit stop: teardown() stops it, and with --keep it must outlive this process.
         self.fleet = Fleet(cfg, stop_at_exit=False)
@@ -252,6 +258,12 @@ class Sandbox:
             f"fleet: 3 SSH nodes at {FROM_VERSION}, 2 HAProxy LBs ({lbs})"
             f" [dim]({self.fleet.start_seconds or 0:.1f}s)[/dim]"
         )
+        for version, f in self.scenario.faults.items():
+            self.out.step(
+                f"fleet: {version} is a bad build: {f.get('errorPercent', 0):g}% of requests"
+                f" answered {f.get('errorStatus', 500)}, /health and /version fine"
+                f" [dim](etc/faults.json on every node)[/dim]"
+            )
 
     def start_operator(self) -> None:
         env = {
@@ -283,7 +295,7 @@ class Sandbox:
             name=NAME,
             namespace=NAMESPACE,
             version=FROM_VERSION,
-            update={"minReadySeconds": self.profile.min_ready_seconds},
+            update={"minReadySeconds": self.profile.min_ready_seconds, **self.scenario.update},
         )
         self.kube.kubectl(
             "apply",
@@ -292,6 +304,8 @@ class Sandbox:
             input=json.dumps({"kind": "List", "apiVersion": "v1", "items": docs}),
         )
         self.out.step(f"applied Secret {NAME}-ssh and WSO2Cluster {NAME} at {FROM_VERSION}")
+        if self.scenario.update:
+            self.out.step(f"spec.update: {json.dumps(self.scenario.update, separators=(',', ':'))}")
         t = time.monotonic()
         deadline = t + INITIAL_READY_TIMEOUT
         while True:

@@ -7,7 +7,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -109,8 +109,12 @@ class Frame:
     generation: int | None = None
     observed: int | None = None  # status.observedGeneration: has the operator seen the patch?
     rollout_seconds: float | None = None  # first Ready for the new generation, after the patch
+    end_state: str = "rolled out"  # what rollout_seconds reached ("rolled back": a bad release)
     flaps: int = 0  # times Ready went back to False after that
     done: bool = False
+    degraded: dict[str, Any] = field(default_factory=dict)  # the Degraded condition
+    step_message: str = ""  # status.rollout.stepMessage: what the canary step waits for
+    analysis: dict[str, Any] = field(default_factory=dict)  # status.analysis, when it ran
 
 
 def build_frame(
@@ -159,7 +163,33 @@ def build_frame(
         lb_names=list(lb_names),
         generation=(obj.get("metadata") or {}).get("generation"),
         observed=st.get("observedGeneration"),
+        degraded=condition(obj, "Degraded"),
+        step_message=(st.get("rollout") or {}).get("stepMessage") or "",
+        analysis=st.get("analysis") or {},
     )
+
+
+WINDOWS_SHOWN = 6  # the newest analysis windows on the live screen
+
+
+def window_text(w: Mapping[str, Any]) -> str:
+    """One analysis window: the canary node's figures against the old-version baseline."""
+    base = w.get("baselineErrorPercent")
+    base_text = "-" if base is None else f"{base:.1f}%"
+    rt = ""
+    if w.get("responseMs") is not None and w.get("baselineResponseMs") is not None:
+        rt = f", {w['responseMs']:.0f} ms vs {w['baselineResponseMs']:.0f} ms"
+    clock = str(w.get("time", ""))[11:19]  # HH:MM:SS of the RFC 3339 time
+    return (
+        f"{clock} {w.get('node', '?')}: {w.get('requests', 0)} req, {w.get('errors', 0)} errors"
+        f" {w.get('errorPercent', 0):.1f}% vs baseline {base_text}"
+        f" ({w.get('baselineRequests', 0)} req){rt} -> {w.get('verdict', '?')}"
+        f" ({w.get('reason', '')})"
+    )
+
+
+VERDICT_STYLE = {"Good": "green", "Bad": "bold red", "Inconclusive": "yellow", "Reset": "yellow"}
+ANALYSIS_STYLE = {"Passed": "green", "Failed": "bold red", "Inconclusive": "yellow"}
 
 
 PHASE_STYLE = {
@@ -199,7 +229,7 @@ def render(frame: Frame) -> Group:
         f"   generation {frame.generation or '-'}, observed {frame.observed or '-'}",
     )
     if frame.rollout_seconds is not None:
-        clock.append(f"   rolled out in {frame.rollout_seconds:.1f} s", "bold green")
+        clock.append(f"   {frame.end_state} in {frame.rollout_seconds:.1f} s", "bold green")
     if frame.flaps:
         clock.append(f"   Ready went back to False {frame.flaps}x since", "bold yellow")
     if ready.get("message"):
@@ -249,12 +279,43 @@ def render(frame: Frame) -> Group:
     )
     if c.get("failures"):
         counters.append(f"   {c['failures']}", "red")
+    if c.get("failed_by_version"):
+        counters.append(f"   failed by build {c['failed_by_version']}", "red")
     legend = Text(
         "socket: HAProxy's own state from its admin socket (+ requests on the server now); "
         "in CR: status.nodes[].loadBalancers as the operator last wrote it",
         "dim",
     )
-    return Group(head, clock, table, counters, legend)
+    return Group(head, clock, *_canary_lines(frame), table, counters, legend)
+
+
+def _canary_lines(frame: Frame) -> list[Text]:
+    """Step, analysis verdict and its newest windows, Degraded: only when there is any."""
+    lines = []
+    if frame.step_message:
+        lines.append(Text.assemble(("canary ", "bold"), frame.step_message))
+    a = frame.analysis
+    if a:
+        phase = a.get("phase", "")
+        lines.append(
+            Text.assemble(
+                ("analysis ", "bold"),
+                (phase, ANALYSIS_STYLE.get(phase, "cyan")),
+                f"  {a.get('message', '')}",
+                (f"  metric {a['metric']}", "bold red") if a.get("metric") else "",
+            )
+        )
+        for w in (a.get("windows") or [])[-WINDOWS_SHOWN:]:
+            style = VERDICT_STYLE.get(w.get("verdict", ""), "")
+            lines.append(Text(f"  window {window_text(w)}", style))
+    d = frame.degraded
+    if d.get("status") == "True":
+        lines.append(
+            Text.assemble(
+                ("Degraded ", "bold red"), f"{d.get('reason', '')}: {d.get('message', '')}"
+            )
+        )
+    return lines
 
 
 class LiveView:
@@ -283,6 +344,8 @@ class LineView:
         self._nodes: dict[str, tuple[Any, ...]] = {}
         self._cluster: tuple[Any, ...] = ()
         self._next_counters = 0.0
+        self._canary: dict[str, Any] = {}  # last printed step / analysis / Degraded line
+        self._windows: set[tuple[str, str]] = set()  # (time, node) of windows printed
 
     def update(self, frame: Frame) -> None:
         ts = f"[+{frame.elapsed:5.1f}s]"
@@ -312,9 +375,35 @@ class LineView:
                     f"{ts} {n.name} {n.version or '-':<6} {n.phase or '-':<15}"
                     f" socket[{socket}] cr[{cr}] {n.message}"
                 )
+        self._canary_update(frame, ts)
         if frame.elapsed >= self._next_counters or frame.done:
             self._next_counters = frame.elapsed + self.COUNTER_EVERY
             self.out.raw(f"{ts} {_counter_text(frame.counters)}")
+
+    def _canary_update(self, frame: Frame, ts: str) -> None:
+        a, d = frame.analysis, frame.degraded
+        lines = {
+            "step": f"canary {frame.step_message}" if frame.step_message else "",
+            "analysis": (
+                f"analysis {a.get('phase', '')}" + (f": {a['message']}" if a.get("message") else "")
+                if a
+                else ""
+            ),
+            "degraded": (
+                f"Degraded {d.get('reason', '')}: {d.get('message', '')}"
+                if d.get("status") == "True"
+                else ""
+            ),
+        }
+        for key, text in lines.items():
+            if text and text != self._canary.get(key):
+                self.out.raw(f"{ts} {text}")
+            self._canary[key] = text
+        for w in a.get("windows") or []:
+            k = (str(w.get("time")), str(w.get("node")))
+            if k not in self._windows:
+                self._windows.add(k)
+                self.out.raw(f"{ts} window {window_text(w)}")
 
     def close(self) -> None:
         pass

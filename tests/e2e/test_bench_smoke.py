@@ -1,20 +1,23 @@
-"""CI smoke test of the benchmark harness: the operator run only, small and fast.
+"""CI smoke test of the benchmark harness: the operator runs only, small and fast.
 
 It runs the very code `make bench` runs (bench.runs.run_operator: fresh namespace, operator process,
 constant load through both LBs, 100 ms LB sampler, version patch) with fast node timings and a
 small load, and checks correctness only: no failed request, never more than one node out of
-rotation, every node at 2.0.0. Speed is the benchmark's business, never asserted here.
+rotation, every node at 2.0.0. Speed is the benchmark's business, never asserted here. The
+bad-release profile's operator-analysis run is checked the same way: its figures are computed and
+say what the run did (one node served the bad build, it was taken out, all back on 1.0.0).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from bench.kube import Kube as BenchKube
-from bench.profiles import Profile, RunOptions
+from bench.profiles import ANALYSIS_UPDATE, FROM_VERSION, PROFILES, TO_VERSION, Profile, RunOptions
 from bench.runs import run_operator
 from tests.conftest import Kube
 from wso2_sandbox.fleet import Fleet
@@ -31,10 +34,20 @@ SMOKE = Profile(
     long_ms=(1000, 2000),
 )
 
+# The bad-release profile's fault at the smoke test's timings and load, without its long
+# observation window (that is for comparing run kinds, not for correctness).
+BAD_SMOKE = replace(SMOKE, name="bad-smoke", faults=PROFILES["bad-release"].faults)
+
 
 @pytest.fixture
 def smoke_fleet() -> Iterator[Fleet]:
     with Fleet(SMOKE.fleet_config()) as fleet:
+        yield fleet
+
+
+@pytest.fixture
+def bad_fleet() -> Iterator[Fleet]:
+    with Fleet(BAD_SMOKE.fleet_config()) as fleet:
         yield fleet
 
 
@@ -63,3 +76,27 @@ def test_operator_rollout_under_load_fails_no_request(
     assert result.max_nodes_out == 1, f"max nodes out of rotation {result.max_nodes_out}; {detail}"
     assert result.versions == {n.name: "2.0.0" for n in smoke_fleet.nodes}
     assert result.rollout_seconds is not None, "the last node never came back UP on both LBs"
+
+
+@pytest.mark.timeout(180)
+def test_bad_release_analysis_run_reports_the_catch(
+    bench_kube: BenchKube, bad_fleet: Fleet, tmp_path: Path
+) -> None:
+    opts = RunOptions(warmup=1.5, tail=0.5, rollout_timeout=120.0, artifacts=tmp_path / "run")
+    result = run_operator(
+        bench_kube, bad_fleet, BAD_SMOKE, opts, name="operator-analysis", update=ANALYSIS_UPDATE
+    )
+
+    detail = f"see {tmp_path / 'run'} (records, LB samples, operator.log)"
+    assert result.error is None, f"{result.error}; {detail}"
+    assert result.extra["outcome"] == f"rolled back to {FROM_VERSION}", detail
+    assert result.versions == {n.name: FROM_VERSION for n in bad_fleet.nodes}
+    b = result.extra["bad_release"]
+    assert b["version"] == TO_VERSION
+    assert len(b["nodes_served"]) == 1 and b["nodes_ran"] == b["nodes_served"], (b, detail)
+    assert b["first_node_removed"], (b, detail)
+    assert b["failed_at_version"] > 0, "the bad build served no errors: the check proves nothing"
+    assert b["failed"] == b["failed_at_version"], (b, detail)  # nothing else failed
+    interval = ANALYSIS_UPDATE["analysis"]["intervalSeconds"]
+    # Caught and out well within the bench's own target (3 intervals), with room for a busy CI.
+    assert b["first_node_exposure_seconds"] < 6 * interval, (b, detail)

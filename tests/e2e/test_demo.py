@@ -207,3 +207,33 @@ def test_ctrl_c_mid_rollout_tears_down(demo_dir: Path) -> None:
     assert "SIGINT: tearing down" in out
     assert "torn down: operator, fleet, control plane" in out
     assert_nothing_left(demo_dir, out)
+
+
+@pytest.mark.timeout(180)
+def test_bad_release_is_caught_rolled_back_and_shown(demo_dir: Path) -> None:
+    proc = run_demo(demo_dir, "--scenario", "bad-release")
+    out = proc.stdout
+    assert proc.returncode == 0, out[-5000:]
+    ts = r"^\[\+\s*[\d.]+s\]"
+    # The view shows the canary step, each analysis window, the verdict and Degraded.
+    assert re.search(rf"{ts} canary step \d/\d", out, re.M), out[-5000:]
+    assert re.search(
+        rf"{ts} window \S+ node\d: \d+ req, \d+ errors [\d.]+% vs baseline [\d.]+% .*-> Bad",
+        out,
+        re.M,
+    ), out[-5000:]
+    assert re.search(rf"{ts} analysis Failed: node\d: error rate", out, re.M), out[-5000:]
+    assert re.search(rf"{ts} Degraded RolledBack", out, re.M), out[-5000:]
+    # The summary: caught, taken out, rolled back; only the bad build's own answers failed.
+    m = re.search(r"^\s+nodes that ever answered as 2\.0\.0: (node\d)$", out, re.M)
+    assert m, out[-5000:]
+    for what in (
+        "caught \\(status.analysis Failed\\)",
+        r"\S+ out of rotation .*",
+        "rolled back .*",
+    ):
+        assert re.search(rf"^\s+{what}: \d+\.\d s", out, re.M), (what, out[-5000:])
+    assert re.search(r"failed: [1-9]\d* answered by 2\.0\.0, 0 other$", out, re.M), out[-5000:]
+    assert re.search(r"^wso2ei\s+2\.0\.0\s+1\.0\.0\s", out, re.M), out[-3000:]
+    assert "torn down: operator, fleet, control plane" in out
+    assert_nothing_left(demo_dir, out)
