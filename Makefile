@@ -63,5 +63,11 @@ bench: setup
 image-check: venv
 	$(BIN)/pytest -q tests/integration/test_manifests.py -k dockerfile
 
+# The OCI image wso2-operator:dev, built from the Dockerfile with buildah (hack/image.sh does its
+# own apt set-up and makes a stand-in base image when python:3.11-slim is missing).
+.PHONY: image
+image:
+	@bash hack/image.sh
+
 clean:
 	rm -rf $(VENV) $(SANDBOX)
