@@ -60,8 +60,14 @@ demo: setup
 bench: setup
 	@$(BIN)/python -m bench.run $(if $(PROFILE),--profiles $(PROFILE),)
 
-image-check: venv
-	$(BIN)/pytest -q tests/integration/test_manifests.py -k dockerfile
+image-check: setup
+	$(BIN)/pytest -q tests/integration/test_manifests.py tests/e2e/test_image.py -k "dockerfile or test_image"
+
+# The OCI image wso2-operator:dev, built from the Dockerfile with buildah (hack/image.sh does its
+# own apt set-up and makes a stand-in base image when python:3.11-slim is missing).
+.PHONY: image
+image:
+	@bash hack/image.sh
 
 clean:
 	rm -rf $(VENV) $(SANDBOX)

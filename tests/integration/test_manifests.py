@@ -1,11 +1,11 @@
 """The install: Dockerfile, the kustomize base in manifests/ and its least-privilege RBAC, the
 operator pod's NetworkPolicy, and the namespaced overlay (manifests/overlays/namespaced/).
 
-There is no container engine here, so the Dockerfile is checked by parsing it and by replaying its
-builder stage (the COPYs and the pip install) into a temporary directory on this machine's
-Python 3.11. The manifests are applied to the real kube-apiserver; RBAC is checked both ways with
-`kubectl auth can-i --as=<the ServiceAccount>`, and finally the real operator runs with the
-ServiceAccount's own token, on the Deployment's own arguments, through a rollout.
+The Dockerfile is checked here by parsing it (cheap, no build); tests/e2e/test_image.py builds
+the image and runs it as the Deployment does. The manifests are applied to the real
+kube-apiserver; RBAC is checked both ways with `kubectl auth can-i --as=<the ServiceAccount>`, and
+finally the real operator runs with the ServiceAccount's own token, on the Deployment's own
+arguments, through a rollout.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ import contextlib
 import json
 import os
 import re
-import shlex
-import shutil
 import socket
 import subprocess
 import sys
@@ -151,9 +149,12 @@ def test_dockerfile_installs_the_package_non_editable_with_pyproject_pins(
 ) -> None:
     builder = stages[0]
     installs = [r for r in builder.all("RUN") if "pip install" in r]
-    assert len(installs) == 1
-    assert not re.search(r"\s(-e|--editable)\s", installs[0])
-    assert "--mount=type=cache,target=/root/.cache/pip" in installs[0]
+    # The pinned dependencies (a layer of their own), then the package.
+    assert len(installs) == 2, installs
+    for run in installs:
+        assert not re.search(r"\s(-e|--editable)\s", run), run
+        assert "--mount=type=cache,target=/root/.cache/pip" in run, run
+    assert "pip install --no-deps /src" in installs[1] and "pip check" in installs[1]
     deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     assert deps and all(re.fullmatch(r"[A-Za-z0-9_.-]+==[\w.]+", d) for d in deps), deps
 
@@ -170,127 +171,6 @@ def test_dockerignore_keeps_local_state_out_of_the_context(stages: list[Stage]) 
     for copy in stages[0].all("COPY"):
         src = copy.split()[0]
         assert src not in patterns and (REPO / src).exists(), src
-
-
-PROBE = """
-import importlib, importlib.metadata as m, json, pkgutil, wso2_operator
-for mod in pkgutil.walk_packages(wso2_operator.__path__, "wso2_operator."):
-    if mod.name != "wso2_operator.__main__":
-        importlib.import_module(mod.name)
-print(json.dumps({
-    "file": wso2_operator.__file__,
-    "direct_url": m.distribution("wso2-operator").read_text("direct_url.json"),
-    "versions": {d.metadata["Name"]: d.version for d in m.distributions()},
-}))
-"""
-
-
-def canonical(name: str) -> str:
-    """A distribution name as PEP 503 compares them."""
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def _base_python() -> str:
-    base = getattr(sys, "_base_executable", None) or shutil.which("python3.11")
-    assert base, "python3.11 not found"
-    return str(Path(base).resolve())
-
-
-@pytest.mark.timeout(900)
-@pytest.mark.skipif(
-    # A developer's opt-out of a 2-3 minute pip replay; CI and `make test` never set it.
-    os.environ.get("WSO2_SKIP_IMAGE_REPLAY") == "1",
-    reason="opted out with WSO2_SKIP_IMAGE_REPLAY=1",
-)
-def test_dockerfile_builder_stage_installs_a_working_operator(
-    stages: list[Stage], tmp_path: Path
-) -> None:
-    """Replay the builder stage: its COPYs from the context, its RUNs with the container's absolute
-    paths moved under a temporary root, on this machine's Python 3.11 and pip's local cache.
-
-    Takes one to three minutes: every pinned wheel comes from PyPI unless pip's cache has it.
-    WSO2_SKIP_IMAGE_REPLAY=1 skips it in a quick local loop.
-    """
-    root = tmp_path / "root"
-    builder = stages[0]
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    (bindir / "python").symlink_to(_base_python())  # the image's `python` is 3.11 too
-
-    def host(path: str) -> Path:
-        return root / path.lstrip("/")
-
-    container_path = re.compile(r"(?<![\w./-])/(?:opt|src)(?:/[\w.-]+)*")
-
-    def relocate(command: str) -> str:
-        """Container paths (/opt/venv, /src) move under root; BuildKit's --mount does not apply."""
-        command = re.sub(r"--mount=\S+\s*", "", command)
-        return container_path.sub(lambda m: str(host(m.group(0))), command)
-
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
-    env["PATH"] = f"{bindir}:{env['PATH']}"
-    workdir = root  # Docker's default WORKDIR is /
-    root.mkdir()
-    for keyword, arg in builder.instructions:
-        if keyword == "ENV":
-            for item in shlex.split(arg):
-                k, _, v = item.partition("=")
-                env[k] = v
-        elif keyword == "WORKDIR":
-            workdir = host(arg)
-            workdir.mkdir(parents=True, exist_ok=True)
-        elif keyword == "COPY":
-            *srcs, dst = arg.split()
-            target = host(dst) if dst.startswith("/") else workdir / dst
-            for src in srcs:
-                if (REPO / src).is_dir():
-                    shutil.copytree(
-                        REPO / src, target, ignore=shutil.ignore_patterns("__pycache__")
-                    )
-                else:
-                    if dst.endswith("/"):
-                        target.mkdir(parents=True, exist_ok=True)
-                    shutil.copy(REPO / src, target)
-        elif keyword == "RUN":
-            command = relocate(arg)
-            proc = subprocess.run(
-                ["bash", "-ec", command], cwd=workdir, env=env, capture_output=True, text=True,
-                timeout=840,
-            )  # fmt: skip
-            assert proc.returncode == 0, f"RUN {command}\n{proc.stdout[-3000:]}{proc.stderr}"
-        else:
-            raise AssertionError(f"the replay does not know {keyword}; extend it")
-
-    venv_python = host("/opt/venv/bin/python")
-    assert venv_python.exists()
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(venv_python), *args], capture_output=True, text=True, timeout=120,
-            env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}, cwd=tmp_path,
-        )  # fmt: skip
-
-    help_ = run("-m", "wso2_operator", "--help")
-    assert help_.returncode == 0, help_.stderr
-    assert "Usage: wso2-operator run [OPTIONS] [PATHS]..." in help_.stdout
-    for flag in DEFAULT_CMD:
-        name = flag.split("=")[0]
-        assert re.search(rf"(^|\s){re.escape(name)}\b", help_.stdout, re.M), name
-
-    # Non-editable, from site-packages; the pins of pyproject.toml; pip itself removed.
-    # Every module of the operator imports with the image's packages alone.
-    probe = run("-c", PROBE)
-    assert probe.returncode == 0, probe.stderr
-    info = json.loads(probe.stdout)
-    versions = {canonical(k): v for k, v in info["versions"].items()}
-    assert "/site-packages/wso2_operator/" in info["file"], info["file"]
-    assert '"editable": true' not in (info["direct_url"] or "")
-    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    for dep in deps:
-        name, pin = dep.split("==")
-        assert versions.get(canonical(name)) == pin, (dep, versions.get(canonical(name)))
-    assert "pip" not in versions and "setuptools" not in versions
-    assert not list(host("/opt/venv").rglob("__editable__*"))
 
 
 # ---------------------------------------------------------------------------------- manifests
