@@ -539,6 +539,7 @@ class ClusterReconciler:
                 now=time.time(),
                 departed=self.custody.departed,
             )
+            self.custody.report_paused(spec.paused, status, spec.version)
             status["history"] = self.history
             status["departedNodes"] = list(self.custody.departed)
             await self.writer.write(status)
