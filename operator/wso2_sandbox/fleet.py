@@ -10,6 +10,7 @@ master-worker mode with admin sockets, plus its own sshd so the socket can be re
 
     python -m wso2_sandbox.fleet up --dir .sandbox/fleet     # detached; writes fleet.json
     python -m wso2_sandbox.fleet down --dir .sandbox/fleet
+    python -m wso2_sandbox.fleet fail-install node2 4.0.0    # its `wso2ctl install` of 4.0.0 fails
 """
 
 from __future__ import annotations

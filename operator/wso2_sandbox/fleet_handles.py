@@ -66,6 +66,14 @@ class NodeHandle:
         """Make `wso2ctl install` fail for these versions (an empty list clears it)."""
         write_atomic(self._path("etc", "fail-install"), "".join(f"{v}\n" for v in versions))
 
+    def fail_install_versions(self) -> list[str]:
+        """The versions `wso2ctl install` fails for on this node (see set_fail_install)."""
+        try:
+            text = self._path("etc", "fail-install").read_text()
+        except FileNotFoundError:
+            return []
+        return [v.strip() for v in text.splitlines() if v.strip()]
+
     def set_timing(
         self,
         boot_seconds: float | None = None,
