@@ -7,9 +7,8 @@ operator. Each case here once crashed the daemon (a crash loop) or resumed the w
 
 from __future__ import annotations
 
-import dataclasses
-
 import copy
+import dataclasses
 import datetime as dt
 import json
 import math
