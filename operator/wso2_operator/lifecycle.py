@@ -60,10 +60,7 @@ def liveness_problem(kopf_args: list[str]) -> str | None:
             s.bind((host, port))
         except OSError as e:
             hint = " (is another operator running?)" if e.errno == errno.EADDRINUSE else ""
-            return (
-                f"cannot serve --liveness on {host}:{port}: {e.strerror or e}{hint}; "
-                "pick another port (make operator LIVENESS_PORT=N)"
-            )
+            return f"cannot serve --liveness on {host}:{port}: {e.strerror or e}{hint}"
     return None
 
 

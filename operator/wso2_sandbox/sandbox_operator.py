@@ -43,8 +43,8 @@ def _free_port(host: str = "127.0.0.1") -> int:
 def pick_liveness_port(requested: int | None) -> tuple[int, str | None]:
     """The port to serve /healthz on, and a note if it is not the one the user expects.
 
-    An explicit port is used as is (the operator refuses it in one line if it is taken);
-    without one, 8080, or a free port when 8080 is taken (a second sandbox, another service).
+    An explicit port is used as is (refused in one line if it is taken); without one, 8080, or
+    a free port when 8080 is taken (a second sandbox, another service).
     """
     if requested is not None:
         return requested, None
@@ -68,17 +68,28 @@ def running_operator(pid_file: Path) -> int | None:
 def cmd_run(args: argparse.Namespace) -> int:
     kubeconfig = Path(args.kubeconfig).resolve()
     if not kubeconfig.exists():
-        print(f"operator: no {args.kubeconfig}: start the control plane first (make cluster)")
+        print(
+            f"operator: no {args.kubeconfig}: start the control plane first (make cluster)",
+            file=sys.stderr,
+        )
         return 1
     pid_file = Path(args.pid_file)
     other = running_operator(pid_file)
     if other is not None:
         print(
             f"operator: already running (pid {other}, recorded in {pid_file}); stop it with "
-            "Ctrl-C in its terminal or make operator-down"
+            "Ctrl-C in its terminal or make operator-down",
+            file=sys.stderr,
         )
         return 1
     port, note = pick_liveness_port(args.liveness_port)
+    if args.liveness_port is not None and not _port_free(port):
+        print(
+            f"operator: LIVENESS_PORT={port} is in use (is another operator running?); "
+            "choose another, or leave LIVENESS_PORT unset for 8080 or a free port",
+            file=sys.stderr,
+        )
+        return 1
     if note:
         print(f"operator: {note}")
     print(

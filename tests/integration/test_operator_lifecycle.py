@@ -66,8 +66,27 @@ def test_liveness_port_in_use_is_one_line(tmp_path: Path) -> None:
     assert r.stdout == ""
     assert r.stderr == (
         f"wso2-operator: cannot serve --liveness on 127.0.0.1:{port}: Address already in use "
-        "(is another operator running?); pick another port (make operator LIVENESS_PORT=N)\n"
+        "(is another operator running?)\n"
     )
+
+
+def test_make_operator_with_a_taken_liveness_port_is_one_line(tmp_path: Path) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("{}")  # only its existence is checked before the port
+    with _held_port() as held:
+        port = held.getsockname()[1]
+        r = subprocess.run(
+            [sys.executable, "-m", "wso2_sandbox.sandbox_operator", "run",
+             "--kubeconfig", str(kubeconfig), "--pid-file", str(tmp_path / "operator.pid"),
+             "--liveness-port", str(port)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr == (
+        f"operator: LIVENESS_PORT={port} is in use (is another operator running?); choose "
+        "another, or leave LIVENESS_PORT unset for 8080 or a free port\n"
+    )
+    assert not (tmp_path / "operator.pid").exists()
 
 
 def test_sandbox_operator_refuses_without_a_control_plane(tmp_path: Path) -> None:
@@ -77,7 +96,8 @@ def test_sandbox_operator_refuses_without_a_control_plane(tmp_path: Path) -> Non
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert r.returncode == 1
-    assert r.stdout.strip().endswith("start the control plane first (make cluster)")
+    assert r.stdout == ""
+    assert r.stderr.strip().endswith("start the control plane first (make cluster)")
     assert not (tmp_path / "operator.pid").exists()
 
 
@@ -119,7 +139,7 @@ def test_sandbox_operator_records_its_pid_and_stop_stops_it(
              "--pid-file", str(pid_file)],
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
-        assert again.returncode == 1 and f"already running (pid {proc.pid}" in again.stdout
+        assert again.returncode == 1 and f"already running (pid {proc.pid}" in again.stderr
         stop = subprocess.run(
             [*argv, "stop", "--pid-file", str(pid_file)], capture_output=True, text=True, timeout=60
         )
