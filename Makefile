@@ -7,12 +7,16 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 SANDBOX := .sandbox
 export KUBECONFIG_SANDBOX := $(CURDIR)/$(SANDBOX)/kubeconfig
 
-.PHONY: help setup venv apt kube test unit lint cluster cluster-down fleet fleet-down operator demo bench image-check clean
+# make operator serves /healthz here; empty: 8080, or a free port if 8080 is taken.
+LIVENESS_PORT ?=
+
+.PHONY: help setup venv apt kube test unit lint cluster cluster-down fleet fleet-down operator operator-down down reset demo bench image-check clean
 
 help:
 	@echo "make demo     - run a rollout under load on a local sandbox (control plane, 2 HAProxy, 3 SSH nodes)"
 	@echo "make test     - lint and run every test against real kube-apiserver, HAProxy and sshd"
-	@echo "make cluster / cluster-down, make fleet / fleet-down, make operator, make bench"
+	@echo "make cluster / cluster-down, make fleet / fleet-down, make operator [LIVENESS_PORT=N], make bench"
+	@echo "make down     - stop the operator, fleet and control plane; make reset also deletes .sandbox"
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -42,7 +46,8 @@ test: setup lint
 cluster: setup
 	@$(BIN)/python -m wso2_sandbox.controlplane up --dir $(SANDBOX)/cluster --kubeconfig $(SANDBOX)/kubeconfig
 
-cluster-down: venv
+# The operator goes first, while its apiserver still answers, so it stops cleanly.
+cluster-down: operator-down
 	@$(BIN)/python -m wso2_sandbox.controlplane down --dir $(SANDBOX)/cluster
 
 fleet: setup
@@ -51,8 +56,20 @@ fleet: setup
 fleet-down: venv
 	@$(BIN)/python -m wso2_sandbox.fleet down --dir $(SANDBOX)/fleet
 
+# In the foreground (Ctrl-C stops it); its pid is recorded so that cluster-down stops it too.
 operator: setup
-	KUBECONFIG=$(SANDBOX)/kubeconfig $(BIN)/python -m wso2_operator --standalone -A --liveness=http://127.0.0.1:8080/healthz
+	@exec $(BIN)/python -m wso2_sandbox.sandbox_operator run --kubeconfig $(SANDBOX)/kubeconfig \
+		--pid-file $(SANDBOX)/operator.pid $(if $(LIVENESS_PORT),--liveness-port $(LIVENESS_PORT),)
+
+operator-down: venv
+	@$(BIN)/python -m wso2_sandbox.sandbox_operator stop --pid-file $(SANDBOX)/operator.pid
+
+down: operator-down fleet-down cluster-down
+
+# Everything of the sandbox, state included (etcd's data, keys, logs); the venv and the Go build
+# stay.
+reset: down
+	rm -rf $(SANDBOX)
 
 demo: setup
 	@$(BIN)/python -m wso2_sandbox.demo $(if $(KEEP),--keep,) $(if $(SCENARIO),--scenario $(SCENARIO),)

@@ -15,6 +15,12 @@ plus a few of its own, which it consumes before handing the rest to kopf:
                         use an SSH Secret only if it carries the label vmops.dev/ssh-access="true"
                         (and, if it has the annotation vmops.dev/allowed-clusters, only for the
                         WSO2Clusters it lists); the same as env WSO2_REQUIRE_SECRET_LABEL=1
+  --exit-if-apiserver-gone S
+                        stop (exit code 3, one line on stderr) once the Kubernetes API has not
+                        answered for S seconds (0: never, the default; env
+                        WSO2_EXIT_IF_APISERVER_GONE). For a local sandbox, not for a Pod
+
+A --liveness port that is already in use is a one-line error (exit code 2) before kopf starts.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import os
 import random
 import sys
 
+from . import lifecycle
 from .kube import PEERING_SCOPE_ENV
 from .secret_policy import REQUIRE_LABEL_ENV
 
@@ -49,6 +56,11 @@ def own_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     own.add_argument("--observe-period", type=float, default=None)
     own.add_argument("--random-priority", action="store_true")
     own.add_argument("--require-secret-label", action="store_true")
+    own.add_argument(
+        "--exit-if-apiserver-gone",
+        type=float,
+        default=float(os.environ.get(lifecycle.APISERVER_GONE_ENV) or 0),
+    )
     return own.parse_known_args(argv)
 
 
@@ -64,6 +76,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.random_priority:
         rest.append(f"--priority={random.randint(1, 1_000_000)}")
     os.environ[PEERING_SCOPE_ENV] = peering_scope(rest)
+    os.environ[lifecycle.APISERVER_GONE_ENV] = str(args.exit_if_apiserver_gone)  # for handlers
+    problem = lifecycle.liveness_problem(rest)
+    if problem is not None:
+        print(f"wso2-operator: {problem}", file=sys.stderr)
+        sys.exit(2)
     if args.metrics_port:
         from .metrics import serve
 
@@ -71,7 +88,19 @@ def main(argv: list[str] | None = None) -> None:
 
     import kopf.cli
 
-    kopf.cli.main(args=["run", "-m", "wso2_operator.handlers", *rest], prog_name="wso2-operator")
+    code: object = 0
+    try:
+        kopf.cli.main(
+            args=["run", "-m", "wso2_operator.handlers", *rest], prog_name="wso2-operator"
+        )
+    except SystemExit as e:  # click ends with sys.exit, also on success
+        code = e.code
+    if lifecycle.WATCH is not None and lifecycle.WATCH.message:
+        # The last line of the output, where whoever started it looks first.
+        print(f"wso2-operator: {lifecycle.WATCH.message}", file=sys.stderr, flush=True)
+        sys.exit(lifecycle.GONE_EXIT_CODE)
+    if code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

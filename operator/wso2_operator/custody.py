@@ -50,6 +50,10 @@ class Custody:
         self.departed = departed
         self._reported: dict[str, set[str]] = {}  # Event reason -> nodes already reported
         self._problem: tuple[str, str] | None = None
+        # Whether the last pause or resume was announced; from status at start, so a restarted
+        # operator does not announce a pause it (or its predecessor) already showed.
+        status = body.get("status") or {}
+        self._paused = isinstance(status, Mapping) and status.get("phase") == "Paused"
 
     def audit(
         self,
@@ -125,6 +129,23 @@ class Custody:
         if problem is not None and key != self._problem:
             event(self.body, problem.reason, problem.message, warning=True)
         self._problem = key
+
+    def report_paused(self, paused: bool, status: Mapping[str, Any], version: str) -> None:
+        """One Event when spec.update.paused turns true (Paused) and one when it turns false
+        again (Resumed), not one per pass."""
+        if paused == self._paused:
+            return
+        self._paused = paused
+        at = f"{status.get('updated', '?')} nodes at {version}"
+        if paused:
+            event(
+                self.body,
+                "Paused",
+                f"spec.update.paused is true: no new node is started; a node in flight is "
+                f"finished and put back first ({at})",
+            )
+        else:
+            event(self.body, "Resumed", f"spec.update.paused is false: the rollout goes on ({at})")
 
     def _report_once(
         self, reason: str, nodes: Iterable[str], message: Callable[[str], str]

@@ -91,12 +91,16 @@ class SSHCommandFailed(SSHError):
         exit_status: int | None = None,
         stderr_tail: str = "",
         stdout_tail: str = "",
+        outcome: str = "",
     ):
         super().__init__(message, host=host, port=port)
         self.command = command
         self.exit_status = exit_status
         self.stderr_tail = stderr_tail
         self.stdout_tail = stdout_tail
+        # How it ended and what it said, without the command and host ("exited 1: <stderr>"),
+        # for callers that name the command themselves.
+        self.outcome = outcome or message
 
 
 # ----------------------------------------------------------------------------------- HAProxy

@@ -13,6 +13,7 @@ from typing import Any
 
 import kopf
 
+from . import lifecycle
 from .kube import (
     GROUP,
     PEERING_SCOPE_ENV,
@@ -35,7 +36,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         resume_grace=float(os.environ.get("WSO2_RESUME_GRACE", "2")),
     )
     # Log lines are not Events (loggers=False is kopf's default); the reconciler posts the
-    # Events users need explicitly with kopf.info/warn, which need level INFO.
+    # Events users need itself (events.py).
     settings.posting.loggers = False
     settings.posting.level = logging.INFO
     # asyncssh logs every channel at INFO: far too much for an operator's log.
@@ -52,6 +53,13 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     # Give a dying peer's lock up quickly, so a standby takes over within about a minute.
     settings.peering.lifetime = 30
     settings.persistence.finalizer = "vmops.dev/wso2-operator"
+
+
+@kopf.on.startup()
+async def watch_apiserver(**_: Any) -> None:
+    """--exit-if-apiserver-gone: runs in the operator's loop, after `configure` loaded the
+    client configuration it probes with."""
+    lifecycle.start_watch()
 
 
 # On a stop, kopf first only signals (the loop exits at once and cleans up) and cancels the

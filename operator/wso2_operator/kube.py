@@ -13,11 +13,11 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-import kopf
 import kubernetes
 from kubernetes.client.rest import ApiException
 
-from .textcap import MESSAGE_LIMIT, cap
+from . import events
+from .textcap import MESSAGE_LIMIT, cap, strip_reason
 
 GROUP, VERSION, PLURAL = "vmops.dev", "v1alpha1", "wso2clusters"
 # (connect, read) seconds: a hung apiserver connection must not hold the status lock, and with it
@@ -217,9 +217,12 @@ def ensure_peering(name: str, scope: str) -> None:
 
 
 def event(body: Mapping[str, Any], reason: str, message: str, warning: bool = False) -> None:
-    """A Kubernetes Event on the WSO2Cluster, posted in the background by kopf, and a log line:
-    an operator's log should tell what it did without `kubectl get events`."""
+    """A Kubernetes Event on the WSO2Cluster, posted in the background, and a log line: an
+    operator's log should tell what it did without `kubectl get events`."""
     meta = body.get("metadata") or {}
+    # `kubectl get events` and `describe` show the reason next to the message: a message that
+    # starts with it ("ProvisionFailed: node2: ...", the node row's convention) would repeat it.
+    message = strip_reason(reason, message)
     # Messages can carry node or LB output: bounded like everything else that leaves the process.
     message = cap(message, MESSAGE_LIMIT)
     log.log(
@@ -231,9 +234,6 @@ def event(body: Mapping[str, Any], reason: str, message: str, warning: bool = Fa
         message,
     )
     try:
-        if warning:
-            kopf.warn(body, reason=reason, message=message)
-        else:
-            kopf.info(body, reason=reason, message=message)
+        events.post(body, reason, message, warning)
     except Exception:  # Events are best effort: never let one stop a rollout.
         log.exception("could not post event %s", reason)

@@ -568,6 +568,7 @@ class ClusterReconciler(CanaryDriving):
                 hold=self._hold(),
             )
             self._canary_status(spec, status)
+            self.custody.report_paused(spec.paused, status, spec.version)
             status["history"] = self.history
             status["departedNodes"] = list(self.custody.departed)
             await self.writer.write(status)

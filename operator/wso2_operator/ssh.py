@@ -757,6 +757,7 @@ class SSHExecutor:
             )
             raise SSHCommandFailed(
                 f"command {name!r} on {host}:{port} {how}: {shown}",
+                outcome=f"{how}: {shown}" if shown else how,
                 host=host,
                 port=port,
                 command=command,

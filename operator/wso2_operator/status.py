@@ -42,6 +42,7 @@ from .textcap import (
     VERSION_LIMIT,
     cap,
     cap_token,
+    strip_reason,
 )
 
 # Matches the CRD's status.history maxItems.
@@ -63,8 +64,8 @@ STATUS_SIZE_BOUND = 1024 * 1024
 # 480 KB of the bound; tokens (see textcap.cap_token) cost one byte a character.
 # Measured worst case (tests/unit/test_status_hostile.py::test_worst_case_status_fits): 100
 # nodes and 16 LBs, every field at its cap, 10 history entries, 32 departedNodes and the writer
-# field, the canary fields and status.analysis at their caps: 961,797 bytes in json.dumps (the
-# Kubernetes client's encoding), 520,965 as UTF-8.
+# field, the canary fields and status.analysis at their caps: 961,947 bytes in json.dumps (the
+# Kubernetes client's encoding), 521,115 as UTF-8.
 NODE_MESSAGES_BUDGET = 40_000
 MIN_NODE_MESSAGE_LIMIT = 128
 
@@ -349,7 +350,8 @@ def summarize(
         degraded = (True, problem.reason, problem.message)
     elif failed:
         p = progress[failed[0]]
-        degraded = (True, _failure_reason(p), p.message or f"{failed[0]} failed")
+        reason = _failure_reason(p)
+        degraded = (True, reason, strip_reason(reason, p.message) or f"{failed[0]} failed")
     elif plan.rolling_back:
         msg = f"{rollout.failed_version} failed; rolling back to {plan.target}"
         degraded = (True, "RolledBack" if plan.complete else "RollingBack", msg)
@@ -599,7 +601,17 @@ def _history_row(entry: object, now: float | None) -> dict[str, Any] | None:
         ts = iso(parse_iso(entry.get(key), now))
         if ts is not None:
             row[key] = ts
+    attempts = entry.get("attempts")
+    if isinstance(attempts, int) and not isinstance(attempts, bool) and attempts > 1:
+        row["attempts"] = min(attempts, MAX_ATTEMPTS)
     return row or None
+
+
+def history_attempts(row: Mapping[str, Any]) -> int:
+    """How often the rollout of a history row was tried; rows written before the count, or
+    after one try, have no attempts field and count as 1."""
+    n = row.get("attempts")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
 
 
 def history_from_status(status: object, now: float | None = None) -> list[dict[str, Any]]:
@@ -663,5 +675,22 @@ def append_history(
     history: Sequence[Mapping[str, Any]], entry: Mapping[str, Any], now: float | None = None
 ) -> list[dict[str, Any]]:
     """history + entry, newest last, at most HISTORY_LIMIT entries, every one sanitised as in
-    `history_from_status` (``history`` may still be what was read from status unchecked)."""
-    return history_from_status({"history": [*history, entry]}, now)
+    `history_from_status` (``history`` may still be what was read from status unchecked).
+
+    A retry (vmops.dev/retry) goes on with the same rollout: same from, to and start. Its end
+    replaces the newest row of that rollout and counts the attempts there, so retrying a version
+    many times keeps one row instead of pushing older rollouts out of the bounded history.
+    """
+    rows = history_from_status({"history": list(history)}, now)
+    new = _history_row(entry, now)
+    if new is None:
+        return rows
+    if rows and new.get("startTime") and all(rows[-1].get(k) == new.get(k) for k in _SAME_ROLLOUT):
+        new["attempts"] = min(history_attempts(rows[-1]) + history_attempts(new), MAX_ATTEMPTS)
+        rows[-1] = new
+        return rows
+    return [*rows, new][-HISTORY_LIMIT:]
+
+
+# What identifies one rollout in status.history: a retry keeps all three.
+_SAME_ROLLOUT = ("fromVersion", "toVersion", "startTime")

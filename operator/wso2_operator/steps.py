@@ -29,6 +29,10 @@ from .ownership import proved_out, serving_lbs
 from .planner import UNREACHABLE, UP, NodeObservation, Step, StepKind
 from .ramp import RAMP_START, ramp_share, set_share
 from .status import iso
+from .textcap import clip
+
+# Characters of a provision command quoted in a failure message.
+COMMAND_CHARS = 80
 
 # A node that failed its analysis serves errors: its drain waits this long at most, then MAINT
 # (requests in flight still finish; only new ones go elsewhere).
@@ -91,12 +95,14 @@ async def run_step(
         except SSHCommandFailed as e:
             raise StepFailed(
                 "ProvisionFailed",
-                f"{name}: provision command {step.index + 1}/{total} failed: {e}",
+                f"{name}: provision command {step.index + 1}/{total} ({shown_command(cmd)}) "
+                f"failed: {e.outcome}",
             ) from None
         except SSHCommandTimeout as e:
             raise StepFailed(
                 "ProvisionTimeout",
-                f"{name}: provision command {step.index + 1}/{total} timed out: {e}",
+                f"{name}: provision command {step.index + 1}/{total} ({shown_command(cmd)}) "
+                f"timed out after {e.timeout:g}s",
             ) from None
         nxt = step.index + 1
         if nxt >= total:
@@ -153,6 +159,15 @@ async def run_step(
     if step.kind == StepKind.SOAK:
         return await soak(a, observed, spec, name, p, verdict)
     raise AssertionError(step)
+
+
+def shown_command(cmd: str) -> str:
+    """A provision command as a message quotes it: its first line, in backticks, at most
+    COMMAND_CHARS characters. The spec's own text, so the user finds which of their commands
+    failed; several lines (a script) end in " ...", and control characters are replaced."""
+    lines = cmd.strip().splitlines() or [""]
+    first = clip(lines[0].strip(), COMMAND_CHARS)
+    return f"`{first}{' ...' if len(lines) > 1 else ''}`"
 
 
 async def ensure_out_of_rotation(a: Adapters, spec: ClusterSpec, name: str) -> None:

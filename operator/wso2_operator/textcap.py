@@ -127,3 +127,10 @@ def cap_token(text: object, limit: int = NAME_LIMIT) -> str:
     marker is ASCII ("... [+N chars]"). A valid version, LB name or reason is unchanged.
     """
     return _truncate(_NOT_TOKEN.sub(TOKEN_REPLACEMENT, _clean(text)), limit, _token_marker)
+
+
+def strip_reason(reason: str, message: str) -> str:
+    """The message without a leading "<reason>: ", for places that show the reason beside it
+    (a condition, an Event): a failed node's message starts with its reason (see status.py)."""
+    prefix = f"{reason}: "
+    return message[len(prefix) :] if reason and message.startswith(prefix) else message

@@ -346,13 +346,24 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if existing is not None and all(_alive(p) for p in existing.pids.values()):
         print(f"control plane: already up at {existing.server}")
-        print(f"export KUBECONFIG={existing.kubeconfig}")
+        _print_exports(existing.kubeconfig)
         return 0
+    kept = (workdir / "etcd-data").exists()
     t0 = time.monotonic()
     cp = ControlPlane(workdir=workdir, kubeconfig=args.kubeconfig).start()
     print(f"control plane: up at {cp.server} in {time.monotonic() - t0:.1f}s")
-    print(f"export KUBECONFIG={cp.kubeconfig}")
+    if kept:
+        # cluster-down keeps etcd's data, so objects of the last session are back (make reset).
+        print("control plane: kept the objects of the last run (make reset starts empty)")
+    _print_exports(cp.kubeconfig)
     return 0
+
+
+def _print_exports(kubeconfig: Path | None) -> None:
+    """The two lines to paste: this kubeconfig, and the venv's kubectl (the apiserver's minor
+    version) ahead of any older one on PATH."""
+    print(f"export KUBECONFIG={kubeconfig}")
+    print(f"export PATH={Path(sys.executable).parent}:$PATH")
 
 
 if __name__ == "__main__":

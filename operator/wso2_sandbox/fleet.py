@@ -11,6 +11,7 @@ master-worker mode with admin sockets, plus its own sshd so the socket can be re
     python -m wso2_sandbox.fleet up --dir .sandbox/fleet     # detached; writes fleet.json
     python -m wso2_sandbox.fleet down --dir .sandbox/fleet
     python -m wso2_sandbox.fleet faults --dir .sandbox/fleet 2.0.0 --error-percent 10  # bad build
+    python -m wso2_sandbox.fleet fail-install node2 4.0.0    # its `wso2ctl install` of 4.0.0 fails
 """
 
 from __future__ import annotations

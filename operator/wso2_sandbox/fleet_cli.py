@@ -1,4 +1,4 @@
-"""The fleet's command line: `python -m wso2_sandbox.fleet up|down|status|faults` (`make fleet`).
+"""The fleet's command line: `python -m wso2_sandbox.fleet up|down|status|faults|fail-install`.
 
 `up` starts a fleet detached and records it in <dir>/fleet.json; `down` and `status` re-attach to
 it from there with `Fleet.load`.
@@ -123,6 +123,33 @@ def _add_faults_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p.add_argument("--node", action="append", help="only this node (repeatable)")
 
 
+def _cmd_fail_install(args: argparse.Namespace) -> int:
+    base = os.path.realpath(args.dir)
+    fleet = Fleet.load(base)
+    try:
+        node = fleet.node(args.node)
+    except KeyError:
+        names = ", ".join(n.name for n in fleet.nodes)
+        print(f"error: no node {args.node!r} in {base} (nodes: {names})", file=sys.stderr)
+        return 1
+    if args.clear:
+        node.set_fail_install([])
+        print(f"{node.name}: wso2ctl install works again for every version")
+        return 0
+    if not args.versions:
+        failing = node.fail_install_versions()
+        shown = ", ".join(failing) if failing else "no version"
+        print(f"{node.name}: wso2ctl install fails for {shown}")
+        return 0
+    versions = [*node.fail_install_versions(), *args.versions]
+    node.set_fail_install(dict.fromkeys(versions))  # in order, without duplicates
+    print(
+        f"{node.name}: wso2ctl install now fails for {', '.join(dict.fromkeys(versions))} "
+        f"(undo: python -m wso2_sandbox.fleet fail-install --clear {node.name})"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m wso2_sandbox.fleet", description=fleet_module.__doc__
@@ -145,10 +172,29 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=text)
         p.add_argument("--dir", default=".sandbox/fleet")
     _add_faults_parser(sub)
+    fail = sub.add_parser(
+        "fail-install",
+        help="make `wso2ctl install` of these versions fail on a node (to try a failed rollout)",
+        description="Make `wso2ctl install` of the given versions fail on NODE, as a broken "
+        "package would (exit 1, 'package checksum mismatch'). Adds to the versions already set; "
+        "without versions, shows them; --clear makes every version install again.",
+    )
+    fail.add_argument("node", help="a node of the fleet, e.g. node2")
+    fail.add_argument("versions", nargs="*", help="versions whose install fails, e.g. 4.0.0")
+    fail.add_argument("--clear", action="store_true", help="let every version install again")
+    fail.add_argument("--dir", default=".sandbox/fleet")
     args = ap.parse_args(argv)
-    commands = {"up": _cmd_up, "down": _cmd_down, "status": _cmd_status, "faults": _cmd_faults}
+    if args.cmd == "fail-install" and args.clear and args.versions:
+        ap.error("fail-install: give versions or --clear, not both")
+    cmds = {
+        "up": _cmd_up,
+        "down": _cmd_down,
+        "status": _cmd_status,
+        "faults": _cmd_faults,
+        "fail-install": _cmd_fail_install,
+    }
     try:
-        return commands[args.cmd](args)
+        return cmds[args.cmd](args)
     except FleetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

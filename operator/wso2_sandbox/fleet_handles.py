@@ -100,6 +100,14 @@ class NodeHandle:
         keep = {} if version is None else {k: v for k, v in self.faults().items() if k != version}
         self.set_faults(keep)
 
+    def fail_install_versions(self) -> list[str]:
+        """The versions `wso2ctl install` fails for on this node (see set_fail_install)."""
+        try:
+            text = self._path("etc", "fail-install").read_text()
+        except FileNotFoundError:
+            return []
+        return [v.strip() for v in text.splitlines() if v.strip()]
+
     def set_timing(
         self,
         boot_seconds: float | None = None,

@@ -100,7 +100,14 @@ def test_failed_provision_pauses_then_fixed_version_completes(make_env):
         )
         degraded = env.condition("Degraded")
         assert degraded["reason"] == "ProvisionFailed"
-        assert "node2" in degraded["message"] and "provision command 2/3" in degraded["message"]
+        # The README's example, word for word: no repeated reason, the failed command line.
+        assert degraded["message"] == (
+            "node2: provision command 2/3 (`wso2ctl install`) failed: exited 1: wso2ctl: "
+            "installing 2.0.0 on node2 failed: package checksum mismatch (simulated)"
+        )
+        warning = [e for e in env.events() if e["reason"] == "ProvisionFailed"]
+        assert [e["message"] for e in warning] == [degraded["message"]]
+        assert warning[0]["type"] == "Warning"
         time.sleep(3)  # several observation periods: nothing else may move
         obj = env.get()
         assert env.node_phase(obj, "node2") == "Failed"
@@ -134,9 +141,58 @@ def test_pause_stops_and_resume_finishes(make_env):
     obj = env.get()
     assert obj["status"]["phase"] == "Paused"
     assert env.condition("Ready")["reason"] == "Paused"
+    # One Event for the pause, not one per pass (4 s is more than one observe period).
+    paused = [e["message"] for e in env.events() if e["reason"] == "Paused"]
+    assert len(paused) == 1 and paused[0].startswith(
+        "spec.update.paused is true: no new node is started; a node in flight is finished and "
+        "put back first ("
+    )
     env.patch_spec({"update": {"paused": False}})
     obj = env.wait_ready()
     assert all_at(obj, "2.0.0")
+    reasons = [e["reason"] for e in env.events()]
+    assert reasons.count("Paused") == 1 and reasons.count("Resumed") == 1
+
+
+def test_retries_share_one_history_row_and_events_list_in_order(make_env):
+    """A version retried until it installs: one history row counting the attempts, and
+    `kubectl get events` (ordered by name) in the order things happened."""
+    env: Env = make_env()
+    env.fleet.node("node2").set_fail_install(["2.0.0"])
+    env.operator.start()
+    env.apply_cluster("1.0.0")
+    env.wait_ready()
+    env.patch_spec({"version": "2.0.0"})
+
+    def failed_rows(o: dict) -> list[dict]:
+        return [h for h in o.get("status", {}).get("history") or [] if h["result"] == "Failed"]
+
+    env.wait_for(lambda o: failed_rows(o), what="a Failed history row")
+    for attempt in (2, 3):
+        if attempt == 3:
+            env.fleet.node("node2").set_fail_install([])
+        env.kube.run(
+            "annotate", "w2c", env.name, "-n", env.namespace,
+            f"vmops.dev/retry=attempt-{attempt}", "--overwrite",
+        )  # fmt: skip
+        if attempt == 2:
+            env.wait_for(
+                lambda o: (failed_rows(o) or [{}])[-1].get("attempts") == 2,
+                what="the retry's failure counted in the same row",
+            )
+    obj = env.wait_ready()
+    assert all_at(obj, "2.0.0")
+    history = obj["status"]["history"]
+    assert len(history) == 1, history
+    assert (history[0]["fromVersion"], history[0]["toVersion"]) == ("1.0.0", "2.0.0")
+    assert (history[0]["result"], history[0]["attempts"]) == ("Succeeded", 3)
+    listed = env.events()
+    times = [e["eventTime"] for e in listed]
+    assert times == sorted(times), [(e["reason"], e["eventTime"]) for e in listed]
+    reasons = [e["reason"] for e in listed]
+    assert reasons.count("RetryRequested") == 2
+    assert reasons.index("ProvisionFailed") < reasons.index("RetryRequested")
+    assert "RolloutSucceeded" in reasons
 
 
 def test_rollback_policy_returns_updated_nodes(make_env):

@@ -766,6 +766,44 @@ def test_explain_prints_the_description(kube: Kube, served_schema: dict) -> None
     assert "vmops.dev" in out
 
 
+def test_explain_says_int_or_string_and_the_default(kube: Kube, served_schema: dict) -> None:
+    """kubectl 1.36 prints <Object> as the type of every int-or-string field of a custom resource
+    (its explain template reads only `type`, and a structural schema must leave `type` empty
+    there; `type: string` is refused for the integer default). The apiserver publishes the
+    conventional schema, and the description says what the type line cannot."""
+    served = served_schema["properties"]["spec"]["properties"]["update"]["properties"][
+        "maxUnavailable"
+    ]
+    assert served["x-kubernetes-int-or-string"] is True
+    assert served["anyOf"] == [{"type": "integer"}, {"type": "string"}]
+    out = squash(kube.run("explain", "wso2cluster.spec.update.maxUnavailable").stdout)
+    assert "An integer or a string (int-or-string;" in out
+    assert "Defaults to 1." in out
+    listing = kube.run("explain", "wso2cluster.spec.update").stdout
+    assert "Defaults to 300." in squash(listing)  # drainTimeoutSeconds, in the field list too
+
+
+def _default_text(value: object) -> str | None:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return None
+    return str(value)
+
+
+def test_every_default_is_in_its_description() -> None:
+    """`kubectl explain` shows descriptions, not the schema's defaults: each says its own."""
+    defaulted = [(p, s) for p, s in schema_nodes(_schema()) if "default" in s]
+    assert len(defaulted) > 20
+    for path, node in defaulted:
+        text = _default_text(node["default"])
+        desc = squash(node["description"])
+        if text is None:
+            assert "Omitted, each field below takes its default." in desc, path
+        else:
+            assert f"Defaults to {text}." in desc, path
+
+
 def schema_nodes(schema: dict, path: str = "") -> Iterator[tuple[str, dict]]:
     """Every schema node: properties as a.b, array items as a[], map values as a{}."""
     yield path or "<root>", schema
@@ -927,6 +965,7 @@ FULL_STATUS: dict[str, Any] = {
             "endTime": T1,
             "result": "Failed",
             "message": "node1 failed at step 2: exit status 1",
+            "attempts": 2,
         },
         {
             "fromVersion": "6.5.0",

@@ -347,3 +347,47 @@ def test_cli_up_down_leaves_nothing(tmp_path: Path) -> None:
     assert not os.path.exists(desc["socket_dir"])
     r = subprocess.run([*cli, "down", "--dir", str(base)], capture_output=True, text=True)
     assert r.returncode == 0 and "no fleet" in r.stdout
+
+
+def fleet_cli(fleet: Fleet, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "wso2_sandbox.fleet", *args, "--dir", fleet.base_dir],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_fail_install_command_makes_wso2ctl_install_fail_and_clears(fleet: Fleet) -> None:
+    """The README's failure walkthrough: `python -m wso2_sandbox.fleet fail-install node2 4.0.0`."""
+    node = fleet.node("node2")
+    node.set_timing(install_seconds=0.1)
+    r = fleet_cli(fleet, "fail-install", "node2", "4.0.0")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == (
+        "node2: wso2ctl install now fails for 4.0.0 "
+        "(undo: python -m wso2_sandbox.fleet fail-install --clear node2)"
+    )
+    r = fleet_cli(fleet, "fail-install", "node2", "4.0.1", "4.0.0")
+    assert node.fail_install_versions() == ["4.0.0", "4.0.1"]
+    assert fleet_cli(fleet, "fail-install", "node2").stdout.strip() == (
+        "node2: wso2ctl install fails for 4.0.0, 4.0.1"
+    )
+    for v in ("4.0.0", "4.0.1"):
+        r = ssh(fleet, node.name, f"env TARGET_VERSION={v} wso2ctl install")
+        assert r.returncode == 1 and f"installing {v} on node2 failed" in r.stderr
+    assert fleet.node("node1").fail_install_versions() == []
+
+    r = fleet_cli(fleet, "fail-install", "--clear", "node2")
+    assert r.returncode == 0 and r.stdout.strip() == (
+        "node2: wso2ctl install works again for every version"
+    )
+    r = ssh(fleet, node.name, "env TARGET_VERSION=4.0.0 wso2ctl install")
+    assert r.returncode == 0, r.stderr
+    assert node.installed_version() == "4.0.0"
+    ssh(fleet, node.name, "env TARGET_VERSION=1.0.0 wso2ctl install")  # as the module found it
+
+    r = fleet_cli(fleet, "fail-install", "node9", "4.0.0")
+    assert r.returncode == 1 and "no node 'node9'" in r.stderr and "node1, node2, node3" in r.stderr
+    r = fleet_cli(fleet, "fail-install", "--clear", "node2", "4.0.0")
+    assert r.returncode == 2 and "not both" in r.stderr

@@ -233,6 +233,7 @@ def test_main_flag_sets_the_env_var_and_is_not_passed_to_kopf(
     # test (main() sets both), so nothing leaks into operators that later tests start.
     monkeypatch.setenv(REQUIRE_LABEL_ENV, "")
     monkeypatch.setenv(PEERING_SCOPE_ENV, "")
+    monkeypatch.setenv(entry.lifecycle.APISERVER_GONE_ENV, "")
     entry.main(["-n", "team-a", "--require-secret-label"])
     assert required_by_env(entry.os.environ)
     assert calls == [["run", "-m", "wso2_operator.handlers", "-n", "team-a"]]
