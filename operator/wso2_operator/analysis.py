@@ -47,6 +47,7 @@ class ServerCounters:
     responses: int  # hrsp_1xx..5xx + hrsp_other: the responses rtime averages over
     rtime_ms: float  # HAProxy's moving average
     lbtot: int  # times selected by the balancer (sizes rtime's window)
+    check_failures: int = 0  # chkfail: failed health checks of the LB itself
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,7 @@ class Window:
     baseline_errors: int = 0
     response_ms: float | None = None
     baseline_response_ms: float | None = None
+    check_failures: int = 0
     verdict: WindowVerdict = WindowVerdict.INCONCLUSIVE
     reason: str = ""
     message: str = ""
@@ -124,7 +126,8 @@ def _decreased(a: ServerCounters, b: ServerCounters) -> bool:
         b.requests < a.requests
         or b.errors < a.errors
         or b.responses < a.responses
-        or (b.lbtot < a.lbtot)
+        or b.lbtot < a.lbtot
+        or b.check_failures < a.check_failures
     )
 
 
@@ -134,10 +137,12 @@ class _Totals:
     errors: int = 0
     rt_weighted: float = 0.0
     rt_count: int = 0
+    check_failures: int = 0
 
     def add(self, a: ServerCounters, b: ServerCounters) -> None:
         self.requests += b.requests - a.requests
         self.errors += b.errors - a.errors
+        self.check_failures += b.check_failures - a.check_failures
         rt = window_mean_ms(a, b)
         if rt is not None:
             self.rt_weighted += rt[0] * rt[1]
@@ -182,9 +187,18 @@ def measure(
         baseline_errors=old.errors,
         response_ms=canary.mean_ms,
         baseline_response_ms=old.mean_ms,
+        check_failures=canary.check_failures,
     )
     if not seen:
         return replace(w, reason="NoData", message=f"no LB reported {node} in both samples")
+    if w.check_failures:
+        # The LB's own health check failing is bad whatever the traffic (it is not a pass).
+        return replace(
+            w,
+            verdict=WindowVerdict.BAD,
+            reason="CheckFailures",
+            message=f"{node}: {w.check_failures} failed LB health checks in {seconds:.0f}s",
+        )
     if w.requests < policy.min_requests:
         return replace(
             w,

@@ -28,6 +28,7 @@ from .progressive import (
     sample_and_judge,
     subjects,
 )
+from .ramp import set_share
 from .status import iso
 from .status_writer import StoodDown
 from .steps import VerdictOf, evict
@@ -185,20 +186,43 @@ class CanaryDriving:
         elif v.verdict == Verdict.PASSED:
             event(self.body, "AnalysisPassed", f"{node}: passed {v.good} windows")
 
+    async def _restore_ramped_weights(self: ClusterReconciler) -> None:
+        """On a stop (deletion, shutdown): a node mid-ramp gets its configured weight back, so
+        no weight is left lowered when nobody will finish the ramp. A restarted operator
+        resumes the ramp from status (kill -9 leaves it lowered until then)."""
+        try:
+            spec = self.spec()
+        except (KeyError, TypeError, ValueError):
+            return
+        if spec.ramp_seconds <= 0 or self.adapters is None:
+            return
+        soaking = [n for n, p in self.progress.items() if p.phase == Phase.SOAKING]
+        for n in soaking:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(
+                    set_share(self.adapters.pool.clients, spec.backend, n, 1.0), 3.0
+                )
+
     # ------------------------------------------------------------------ acting on verdicts
     async def _fail_analysed(
         self: ClusterReconciler, spec: ClusterSpec, adapters: Adapters
     ) -> None:
         """A node that failed its analysis while not in flight (held at a canary pause): take
-        it out of rotation if maxUnavailable allows, and fail it (failurePolicy applies)."""
+        it out of rotation if maxUnavailable allows, and fail it (failurePolicy applies).
+
+        Only while the version it was judged on is still the one rolled out: the verdict stays
+        in status after a rollback, and the node then runs the old version again."""
+        target, rolling_back, held = effective_target(spec, self.rollout)
+        if rolling_back or held:
+            return
         for n in spec.node_names:
             p = self.progress.get(n, NodeProgress())
             v = self.analysis.verdict(n)
             if v.verdict != Verdict.FAILED or p.phase in IN_FLIGHT or p.phase == Phase.FAILED:
                 continue
-            if n in self.tasks:
-                continue
             o = self.observed.get(n)
+            if n in self.tasks or o is None or o.version != target:
+                continue
             out = {m for m in spec.node_names if m != n and not self._available(m)}
             serving = o is not None and o.in_rotation
             if serving and len(out) + 1 <= spec.max_unavailable:

@@ -34,6 +34,7 @@ def server_counters(raw: Mapping[str, str]) -> ServerCounters:
         responses=sum(_int(raw, k) for k in _RESPONSE_CLASSES),
         rtime_ms=float(_int(raw, "rtime")),
         lbtot=_int(raw, "lbtot"),
+        check_failures=_int(raw, "chkfail"),
     )
 
 

@@ -141,6 +141,7 @@ def window_row(w: Window) -> dict[str, Any]:
         "errors": w.errors,
         "errorPercent": round(w.error_percent, 2),
         "baselineRequests": w.baseline_requests,
+        "checkFailures": w.check_failures,
         "verdict": str(w.verdict),
         "reason": cap_token(w.reason, NAME_LIMIT),
     }
@@ -154,7 +155,7 @@ def window_row(w: Window) -> dict[str, Any]:
 
 
 _VERDICTS = {v.value: v for v in Verdict}
-_WINDOW_INTS = ("requests", "errors", "baselineRequests")
+_WINDOW_INTS = ("requests", "errors", "baselineRequests", "checkFailures")
 _WINDOW_FLOATS = ("seconds", "errorPercent", "baselineErrorPercent", "responseMs")
 
 

@@ -283,6 +283,7 @@ class ClusterReconciler(CanaryDriving):
             t.cancel()
         if self.tasks:
             await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        await self._restore_ramped_weights()
         for a in (*self._retired, self.adapters):
             if a is not None:
                 await a.close()

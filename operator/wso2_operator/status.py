@@ -64,8 +64,8 @@ STATUS_SIZE_BOUND = 1024 * 1024
 # 480 KB of the bound; tokens (see textcap.cap_token) cost one byte a character.
 # Measured worst case (tests/unit/test_status_hostile.py::test_worst_case_status_fits): 100
 # nodes and 16 LBs, every field at its cap, 10 history entries, 32 departedNodes and the writer
-# field, the canary fields and status.analysis at their caps: 961,947 bytes in json.dumps (the
-# Kubernetes client's encoding), 521,115 as UTF-8.
+# field, the canary fields and status.analysis at their caps: 962,347 bytes in json.dumps (the
+# Kubernetes client's encoding), 521,515 as UTF-8.
 NODE_MESSAGES_BUDGET = 40_000
 MIN_NODE_MESSAGE_LIMIT = 128
 

@@ -64,7 +64,9 @@ def test_bad_release_is_caught_on_the_first_node_and_rolled_back(make_env):
                 timeout=120,
                 what="RolledBack",
             )
-            time.sleep(2)
+            # The failed verdict stays in status; it must not touch the rolled-back node.
+            time.sleep(8)
+            obj = env.get()
         records = load.stop()
     finally:
         load.generator.stop()
@@ -78,6 +80,11 @@ def test_bad_release_is_caught_on_the_first_node_and_rolled_back(make_env):
         "node3": "1.0.0",
     }
     assert conditions(obj)["Ready"]["status"] == "False"
+    assert conditions(obj)["Degraded"]["reason"] == "RolledBack"
+    assert st["rollout"]["rollbackFailed"] is False
+    for lb in env.fleet.lbs:
+        for name, row in lb.servers().items():
+            assert row["status"].startswith("UP"), (lb.name, name, row["status"])
     # Only the first node ever ran the bad build.
     assert installs_completed(env, "node1", "2.0.0") == 1
     assert installs_completed(env, "node2", "2.0.0") == 0
@@ -130,7 +137,7 @@ def test_good_release_passes_the_timed_pause_on_its_own(make_env):
 
 
 @pytest.mark.timeout(300)
-def test_indefinite_pause_holds_until_promoted_and_abort_rolls_back(make_env):
+def test_indefinite_pause_holds_until_promoted_promote_full_and_abort(make_env):
     env: Env = make_env()
     env.operator.start()
     update = {"failurePolicy": "Rollback", "steps": [{"nodes": 1}, {"pause": {}}]}
@@ -147,15 +154,31 @@ def test_indefinite_pause_holds_until_promoted_and_abort_rolls_back(make_env):
     env.wait_ready(timeout=120)
     assert events_named(env, "Promoted")
 
-    # The next release is aborted at its pause: failurePolicy Rollback returns node1.
-    env.patch_spec({"version": "3.0.0"})
+    # Two pauses; promote-full at the first skips the second as well.
+    steps = [{"nodes": 1}, {"pause": {}}, {"nodes": 2}, {"pause": {}}]
+    env.patch_spec({"version": "3.0.0", "update": {"steps": steps}})
     env.wait_for(
         lambda o: (
             o.get("status", {}).get("phase") == "Paused"
             and o["status"].get("targetVersion") == "3.0.0"
         ),
         timeout=120,
-        what="pause of 3.0.0",
+        what="first pause of 3.0.0",
+    )
+    env.kube.run("annotate", "w2c", env.name, "-n", env.namespace, "vmops.dev/promote-full=1")
+    obj = env.wait_ready(timeout=120)
+    assert obj["status"]["rollout"]["promotedFull"] is True
+    assert {r["version"] for r in obj["status"]["nodes"]} == {"3.0.0"}
+
+    # The next release is aborted at its pause: failurePolicy Rollback returns node1.
+    env.patch_spec({"version": "4.0.0"})
+    env.wait_for(
+        lambda o: (
+            o.get("status", {}).get("phase") == "Paused"
+            and o["status"].get("targetVersion") == "4.0.0"
+        ),
+        timeout=120,
+        what="pause of 4.0.0",
     )
     env.kube.run("annotate", "w2c", env.name, "-n", env.namespace, "vmops.dev/abort=1")
     obj = env.wait_for(
@@ -163,10 +186,10 @@ def test_indefinite_pause_holds_until_promoted_and_abort_rolls_back(make_env):
         timeout=120,
         what="RolledBack after abort",
     )
-    assert {r["version"] for r in obj["status"]["nodes"]} == {"2.0.0"}
+    assert {r["version"] for r in obj["status"]["nodes"]} == {"3.0.0"}
     assert obj["status"]["rollout"]["aborted"] is True
-    assert installs_completed(env, "node2", "3.0.0") == 0
-    assert installs_completed(env, "node3", "3.0.0") == 0
+    assert installs_completed(env, "node2", "4.0.0") == 0
+    assert installs_completed(env, "node3", "4.0.0") == 0
 
 
 @pytest.mark.timeout(300)

@@ -950,6 +950,7 @@ FULL_STATUS: dict[str, Any] = {
                 "errorPercent": 0.0,
                 "baselineRequests": 240,
                 "baselineErrorPercent": 0.0,
+                "checkFailures": 0,
                 "responseMs": 21.5,
                 "baselineResponseMs": 20.5,
                 "verdict": "Good",

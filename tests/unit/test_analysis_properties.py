@@ -507,3 +507,20 @@ def test_rtime_floor_constant() -> None:
     p = AnalysisPolicy(max_response_time_ratio=2)
     assert pair((100, 0, 9.9), (1000, 0, 0.0), p).verdict == GOOD
     assert pair((100, 0, 10.1), (1000, 0, 0.0), p).verdict == BAD
+
+
+def test_failed_lb_health_checks_are_a_bad_window_whatever_the_traffic() -> None:
+    c0 = ServerCounters(requests=100, errors=0, responses=100, rtime_ms=10, lbtot=100)
+    quiet = replace(c0, requests=103, responses=103, lbtot=103)  # below minRequests
+    base1 = replace(c0, requests=300, responses=300, lbtot=300)
+    before = CounterSample(0, {"lb1": "1"}, {("lb1", NODE): c0, ("lb1", "node2"): c0})
+    clean = CounterSample(10, {"lb1": "1"}, {("lb1", NODE): quiet, ("lb1", "node2"): base1})
+    w = measure(before, clean, NODE, ["node2"], POLICY)
+    assert (w.verdict, w.reason) == (INC, "TooFewRequests")
+    checks = replace(quiet, check_failures=2)
+    failing = CounterSample(10, {"lb1": "1"}, {("lb1", NODE): checks, ("lb1", "node2"): base1})
+    w = measure(before, failing, NODE, ["node2"], POLICY)
+    assert (w.verdict, w.reason, w.check_failures) == (BAD, "CheckFailures", 2)
+    # A chkfail counter that went down is a reset, not a good window.
+    down = CounterSample(20, {"lb1": "1"}, {("lb1", NODE): quiet, ("lb1", "node2"): base1})
+    assert measure(failing, down, NODE, ["node2"], POLICY).reason == "CounterReset"
