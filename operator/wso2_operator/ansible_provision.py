@@ -94,6 +94,7 @@ class PlayProgress:
     failed: int = 0
     skipped: int = 0
     failure: str = ""  # the first failure that was not ignored, as failure_text wrote it
+    error: str = ""  # ansible-playbook's own first ERROR line (a syntax error, a missing role)
 
     def summary(self) -> str:
         return f"ok={self.ok} changed={self.changed} failed={self.failed}"
@@ -111,6 +112,12 @@ def apply_event(p: PlayProgress, event: Mapping[str, Any]) -> PlayProgress:
         return p
     task = data.get("task")
     if _own(task):
+        return p
+    if kind in ("verbose", "error") and not p.error:
+        # Messages of ansible-playbook itself, outside any task (no task result can be in them).
+        line = str(event.get("stdout") or "").strip()
+        if line.startswith(("ERROR!", "[ERROR]")):
+            return replace(p, error=clip(line, MODULE_MSG_CHARS))
         return p
     if kind == "playbook_on_task_start" and isinstance(task, str):
         return replace(p, task=task)
@@ -466,10 +473,10 @@ class Target:
     connect_timeout: float = 10.0
 
 
-def _binary() -> str:
-    """ansible-playbook next to this interpreter (a venv that is not activated), else PATH."""
-    here = Path(sys.executable).parent / "ansible-playbook"
-    return str(here) if here.exists() else "ansible-playbook"
+def _path() -> str:
+    """PATH with this interpreter's bin first, so that a venv that is not activated still finds
+    its own ansible-playbook (runner's binary= would drop the playbook argument)."""
+    return os.pathsep.join((str(Path(sys.executable).parent), os.environ.get("PATH", "/usr/bin")))
 
 
 def work_base() -> Path:
@@ -491,7 +498,14 @@ async def run_play(
     ``report`` is called on the event loop after every event that changed the progress. A
     cancelled run stops ansible-playbook (runner's cancel callback) before the data dir goes.
     """
-    import ansible_runner  # local import: heavy, and only needed when a play runs
+    try:
+        import ansible_runner  # local import: heavy, and only needed when a play runs
+    except ImportError:
+        raise PlayFailed(
+            "ProvisionFailed",
+            "this operator image has no ansible-runner (the slim variant, WITH_ANSIBLE=0); "
+            "run the default image for provision.ansible and Ansible hooks",
+        ) from None
 
     base = work_base()
     base.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -532,6 +546,7 @@ async def run_play(
             target.connect_timeout,
         )
         envvars = {
+            "PATH": _path(),
             "HOME": str(home),
             "ANSIBLE_HOME": str(home / ".ansible"),
             "ANSIBLE_LOCAL_TEMP": str(home / "tmp"),
@@ -555,7 +570,6 @@ async def run_play(
             "inventory": inv,
             "extravars": dict(extravars),
             "envvars": envvars,
-            "binary": _binary(),
             "cmdline": cmdline,
             "quiet": True,
             "suppress_output_file": True,
@@ -592,5 +606,5 @@ async def run_play(
         )
     if status == "canceled":
         raise asyncio.CancelledError
-    detail = final.failure or f"ansible-playbook ended {status} (rc={rc})"
+    detail = final.failure or final.error or f"ansible-playbook ended {status} (rc={rc})"
     raise PlayFailed("ProvisionFailed", cap(detail, 900))
