@@ -14,9 +14,8 @@
 # git from the base's Debian release. `--build-arg WITH_ANSIBLE=0` builds the slim variant for
 # clusters that only use provision.commands (README, "Migrating from an Ansible play", for the
 # sizes); it reports a play as ProvisionFailed naming the missing runner.
-ARG WITH_ANSIBLE=1
 FROM python:3.11-slim AS builder
-ARG WITH_ANSIBLE
+ARG WITH_ANSIBLE=1
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 WORKDIR /src
@@ -37,7 +36,7 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 
 # The same base as the builder: the venv's python is a symlink to its /usr/local/bin/python.
 FROM python:3.11-slim
-ARG WITH_ANSIBLE
+ARG WITH_ANSIBLE=1
 # ansible-playbook reaches nodes with the OpenSSH client; Git content is cloned with git. Lists
 # and caches are removed in the same layer.
 RUN if [ "$WITH_ANSIBLE" != 0 ]; then \

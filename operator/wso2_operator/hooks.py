@@ -322,25 +322,42 @@ class PlayDriving:
             log.error("%s/%s: %s", self.namespace, self.name, done.message)
             await self.persist(spec)
 
-    def _hooks_status(self: ClusterReconciler, spec: ClusterSpec, status: dict[str, Any]) -> None:
-        """A failed afterRollout leaves the nodes updated (Ready) but the rollout Degraded."""
+    def _hooks_status(
+        self: ClusterReconciler, spec: ClusterSpec, status: dict[str, Any], p: Plan
+    ) -> None:
+        """Conditions the hooks decide: Ready waits for a pending afterRollout (history and
+        Ready=True go out together); a failed beforeRollout (no node touched, so summarize sees
+        no failed node) or afterRollout (every node updated) makes the rollout Degraded."""
         r = self.rollout
-        if not after_failed(r) or r.to_version != spec.version or r.after_hook is None:
+        if r.to_version != spec.version:
             return
-        conds = status.get("conditions") or []
-        for i, c in enumerate(conds):
-            if c.get("type") == "Degraded" and c.get("status") != "True":
-                conds[i] = condition(
-                    "Degraded",
-                    True,
-                    "AfterRolloutFailed",
-                    r.after_hook.message,
-                    self.generation,
-                    self.conditions,
-                    time.time(),
-                )
-                if status.get("phase") == "Ready":
-                    status["phase"] = "Degraded"
+        now = time.time()
+        conds: list[dict[str, Any]] = status.get("conditions") or []
+
+        def put(ctype: str, value: bool, reason: str, message: str) -> None:
+            for i, c in enumerate(conds):
+                if c.get("type") == ctype:
+                    conds[i] = condition(
+                        ctype, value, reason, message, self.generation, self.conditions, now
+                    )
+
+        if after_hook_due(spec, r, p):
+            put("Ready", False, "AfterRolloutPending", f"all nodes run {p.target}; {AFTER} next")
+            if status.get("phase") == "Ready":
+                status["phase"] = "Progressing"
+        elif after_failed(r) and r.after_hook is not None:
+            put("Degraded", True, "AfterRolloutFailed", r.after_hook.message)
+            if status.get("phase") == "Ready":
+                status["phase"] = "Degraded"
+        elif (
+            r.before_hook is not None
+            and r.before_hook.phase == "Failed"
+            and r.failed_version == spec.version
+            and not p.rolling_back
+        ):
+            put("Degraded", True, "BeforeRolloutFailed", r.before_hook.message)
+            put("Ready", False, "BeforeRolloutFailed", r.before_hook.message)
+            status["phase"] = "Degraded"
 
 
 def retry_resets(r: RolloutState) -> dict[str, Any]:

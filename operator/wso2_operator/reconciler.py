@@ -574,7 +574,7 @@ class ClusterReconciler(CanaryDriving, PlayDriving):
                 hold=self._hold(),
             )
             self._canary_status(spec, status)
-            self._hooks_status(spec, status)
+            self._hooks_status(spec, status, p)
             self.custody.report_paused(spec.paused, status, spec.version)
             status["history"] = self.history
             status["departedNodes"] = list(self.custody.departed)
