@@ -361,10 +361,13 @@ class ContentStore:
                 )
             rev = pinned
         out = self._dir(rev)
+        if out.is_dir():
+            return rev, out  # the same content, already unpacked (an earlier rollout's)
         tmp = Path(tempfile.mkdtemp(prefix="cm-", dir=self._mkbase()))
         try:
             await asyncio.to_thread(unpack_configmap, cm["data"], cm["binaryData"], tmp)
-            os.replace(tmp, out)
+            with contextlib.suppress(OSError):  # already there: same revision, same content
+                os.replace(tmp, out)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return rev, out
@@ -407,7 +410,8 @@ class ContentStore:
             shutil.rmtree(repo / ".git", ignore_errors=True)
             out = self._dir(rev)
             if not out.exists():
-                os.replace(repo, out)
+                with contextlib.suppress(OSError):  # a concurrent fetch of the same commit
+                    os.replace(repo, out)
             return rev, out
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -464,7 +464,7 @@ INVALID: list[tuple[str, Mutation, list[str]]] = [
     (
         "provision-commands-missing",
         _drop("provision.commands"),
-        ["spec.provision.commands", "Required"],
+        ["spec.provision", "set exactly one of provision.commands or provision.ansible"],
     ),
     (
         "provision-commands-empty",

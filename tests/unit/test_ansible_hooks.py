@@ -286,3 +286,27 @@ def test_crd_example_of_the_readme_parses():
     s = ClusterSpec.from_dict(cluster["spec"])
     assert s.ansible is not None and s.ansible.role == "wso2ei"
     assert s.before_rollout is not None
+
+
+async def test_a_configmap_revision_fetched_again_reuses_its_content(tmp_path: Path):
+    """Two rollouts with the same ConfigMap content share one unpacked tree (found by e2e: the
+    second unpack used to fail on the existing directory)."""
+    cm = {"resourceVersion": "7", "data": {"site.yml": "x"}, "binaryData": {}}
+
+    async def read_cm(name: str) -> dict:
+        return cm
+
+    async def read_secret(*_: str) -> tuple[bytes, str]:
+        raise AssertionError("no Git here")
+
+    from wso2_operator.ansible_provision import ContentStore
+
+    store = ContentStore(read_cm, read_secret, tmp_path)
+    src = AnsibleSource(config_map="play")
+    rev, tree = await store.fetch(src, None)
+    assert await store.fetch(src, None) == (rev, tree)
+    assert (tree / "site.yml").read_text() == "x"
+    cm["data"] = {"site.yml": "changed"}
+    with pytest.raises(ContentProblem) as e:
+        await store._configmap("play", "configmap:play@6:sha256:0000")
+    assert e.value.reason == "ProvisionContentChanged"
