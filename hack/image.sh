@@ -4,6 +4,7 @@
 #
 #   hack/image.sh                    build (warm: every unchanged layer is reused)
 #   IMAGE=name:tag hack/image.sh     another tag
+#   WITH_ANSIBLE=0 hack/image.sh     the slim variant (no ansible-core/-runner, ssh, git)
 #   IIDFILE=path hack/image.sh       also write the image ID there (a tag can be moved by a
 #                                    concurrent build from another checkout; the ID cannot)
 #
@@ -41,6 +42,8 @@ if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
   printf '[global]\ncert = /run/build-ca.crt\n' >"$tmp/pip.conf"
   flags+=(-v /etc/ssl/certs/ca-certificates.crt:/run/build-ca.crt:ro -v "$tmp/pip.conf:/etc/pip.conf:ro")
 fi
+
+[[ -z "${WITH_ANSIBLE:-}" ]] || flags+=(--build-arg "WITH_ANSIBLE=$WITH_ANSIBLE")
 
 start=$SECONDS
 buildah bud "${flags[@]}" --iidfile "$tmp/iid" -t "$IMAGE" "$here" >&2

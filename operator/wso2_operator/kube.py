@@ -104,6 +104,31 @@ class KubeAdapter:
                 return None
             raise
 
+    async def read_config_map(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A ConfigMap as plain data: resourceVersion, data and binaryData (base64 text, as the
+        API sends it), or None if it does not exist. Raw JSON, so binaryData is not decoded by
+        the client's models twice."""
+
+        def call() -> Any:
+            return self._core.read_namespaced_config_map(
+                name, namespace, _request_timeout=API_TIMEOUT, _preload_content=False
+            )
+
+        try:
+            resp = await asyncio.to_thread(call)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        import json  # local import: only this method needs it
+
+        obj = json.loads(resp.data)
+        return {
+            "resourceVersion": str((obj.get("metadata") or {}).get("resourceVersion") or ""),
+            "data": dict(obj.get("data") or {}),
+            "binaryData": dict(obj.get("binaryData") or {}),
+        }
+
     async def read_ssh_secret(
         self,
         namespace: str,

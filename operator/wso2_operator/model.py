@@ -151,6 +151,92 @@ def parse_canary_steps(raw: object) -> tuple[CanaryStep, ...]:
 
 
 @dataclass(frozen=True)
+class AnsibleSource:
+    """Where a play's content comes from: exactly one of a ConfigMap or a Git repository."""
+
+    config_map: str | None = None
+    git_url: str | None = None
+    git_ref: str = "main"
+    git_secret: str | None = None  # a Secret with an SSH key and known_hosts for the Git host
+    git_private_key_key: str = "ssh-privatekey"
+    git_known_hosts_key: str = "known_hosts"
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> AnsibleSource:
+        cm = d.get("configMap") or {}
+        git = d.get("git") or {}
+        ref = git.get("sshSecretRef") or {}
+        return cls(
+            config_map=cm.get("name") or None,
+            git_url=git.get("url") or None,
+            git_ref=str(git.get("ref", "main")),
+            git_secret=ref.get("name") or None,
+            git_private_key_key=ref.get("privateKeyKey", "ssh-privatekey"),
+            git_known_hosts_key=ref.get("knownHostsKey", "known_hosts"),
+        )
+
+
+@dataclass(frozen=True)
+class AnsibleSpec:
+    """spec.provision.ansible (and a hook's ansible): the team's own play, run per host."""
+
+    source: AnsibleSource
+    playbook: str | None = None
+    role: str | None = None
+    extra_vars: Mapping[str, Any] = field(default_factory=dict)
+    group_vars: Mapping[str, Any] = field(default_factory=dict)
+    groups: tuple[str, ...] = ()
+    version_variable: str = "target_version"
+    become: bool = False
+    gather_facts: bool = True
+    timeout: float = 1800.0
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> AnsibleSpec:
+        return cls(
+            source=AnsibleSource.from_dict(d.get("source") or {}),
+            playbook=d.get("playbook") or None,
+            role=d.get("role") or None,
+            extra_vars=dict(d.get("extraVars") or {}),
+            group_vars=dict(d.get("groupVars") or {}),
+            groups=tuple(d.get("groups") or ()),
+            version_variable=str(d.get("versionVariable", "target_version")),
+            become=bool(d.get("become", False)),
+            gather_facts=bool(d.get("gatherFacts", True)),
+            timeout=float(d.get("timeoutSeconds", 1800)),
+        )
+
+
+@dataclass(frozen=True)
+class HookSpec:
+    """spec.update.hooks.beforeRollout / afterRollout: run once per rollout on one host."""
+
+    host: str  # a node name (its host and port are used) or a host name with its own known_hosts
+    ssh_port: int = 22
+    commands: tuple[str, ...] = ()
+    ansible: AnsibleSpec | None = None
+    timeout: float = 600.0
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> HookSpec:
+        return cls(
+            host=str(d.get("host", "")),
+            ssh_port=int(d.get("sshPort", 22)),
+            commands=tuple(d.get("commands") or ()),
+            ansible=AnsibleSpec.from_dict(d["ansible"])
+            if isinstance(d.get("ansible"), Mapping)
+            else None,
+            timeout=float(d.get("timeoutSeconds", 600)),
+        )
+
+
+def _hook(up: Mapping[str, Any], kind: str) -> HookSpec | None:
+    hooks = up.get("hooks") or {}
+    raw = hooks.get(kind) if isinstance(hooks, Mapping) else None
+    return HookSpec.from_dict(raw) if isinstance(raw, Mapping) else None
+
+
+@dataclass(frozen=True)
 class ClusterSpec:
     version: str
     nodes: tuple[NodeSpec, ...]
@@ -176,6 +262,14 @@ class ClusterSpec:
     canary_steps: tuple[CanaryStep, ...] = ()
     ramp_seconds: float = 0.0
     analysis: AnalysisPolicy | None = None
+    ansible: AnsibleSpec | None = None  # spec.provision.ansible, instead of provision_commands
+    before_rollout: HookSpec | None = None
+    after_rollout: HookSpec | None = None
+
+    @property
+    def provision_step_count(self) -> int:
+        """Provision steps of one node's update: one per command, or the whole play as one."""
+        return 1 if self.ansible is not None else len(self.provision_commands)
 
     @property
     def node_names(self) -> tuple[str, ...]:
@@ -245,6 +339,13 @@ class ClusterSpec:
                 if isinstance(up.get("analysis"), Mapping)
                 else None
             ),
+            ansible=(
+                AnsibleSpec.from_dict(prov["ansible"])
+                if isinstance(prov.get("ansible"), Mapping)
+                else None
+            ),
+            before_rollout=_hook(up, "beforeRollout"),
+            after_rollout=_hook(up, "afterRollout"),
         )
 
 
@@ -287,6 +388,16 @@ class NodeProgress:
 
 
 @dataclass(frozen=True)
+class HookRun:
+    """One run-once hook of one rollout, as status.rollout.hooks keeps it."""
+
+    phase: str  # Running, Succeeded or Failed
+    message: str = ""
+    start: float | None = None
+    end: float | None = None
+
+
+@dataclass(frozen=True)
 class RolloutState:
     """Cluster-level cursor: what the current rollout is, and any failed version to hold on."""
 
@@ -307,3 +418,8 @@ class RolloutState:
     promote_token: str | None = None
     promote_full_token: str | None = None
     abort_token: str | None = None
+    # provision.ansible content fetched for this rollout (every node runs the same), and the
+    # run-once hooks: what status and history show, and what makes them run once.
+    provision_revision: str | None = None
+    before_hook: HookRun | None = None
+    after_hook: HookRun | None = None

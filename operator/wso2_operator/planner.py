@@ -292,7 +292,7 @@ def node_step(node: str, p: NodeProgress, spec: ClusterSpec, now: float) -> Step
     if p.phase == Phase.DRAINING:
         return Step(StepKind.DRAIN)
     if p.phase == Phase.PROVISIONING:
-        if p.step >= len(spec.provision_commands):
+        if p.step >= spec.provision_step_count:
             return Step(StepKind.VERIFY)
         return Step(StepKind.PROVISION, index=p.step)
     if p.phase == Phase.VERIFYING:

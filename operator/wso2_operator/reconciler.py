@@ -29,6 +29,7 @@ from .custody import HAND_BACK_ANNOTATION, Custody, departed_from_status, hand_b
 from .errors import (
     WSO2OperatorError,
 )
+from .hooks import PlayDriving, after_hook_due, retry_resets
 from .kube import KubeAdapter, SecretProblem, event
 from .model import (
     IN_FLIGHT,
@@ -89,7 +90,7 @@ class Settings:
         return 2 * self.observe_period + 15
 
 
-class ClusterReconciler(CanaryDriving):
+class ClusterReconciler(CanaryDriving, PlayDriving):
     def __init__(
         self,
         *,
@@ -121,6 +122,7 @@ class ClusterReconciler(CanaryDriving):
         self._reassert_failed: set[str] = set()
         self._analysis_task: asyncio.Task[None] | None = None
         self.gate: CanaryGate | None = None
+        self._init_plays()
 
     def _load(self, obj: Mapping[str, Any]) -> None:
         """Resume state from an object's status (at start, and after standing down)."""
@@ -367,6 +369,8 @@ class ClusterReconciler(CanaryDriving):
             # A node task moved on while we re-asserted or checked the LBs: the plan was made on
             # a world that is gone. Start nothing; the next pass plans again.
             p = replace(p, begin=())
+        # Play content fetched once for the rollout, run-once hooks (hooks.py).
+        p = await self._around_rollout(spec, p)
         begun = {b.node for b in p.begin}
         if hand_back and all(
             n in begun or not self.observed.get(n, NodeObservation()).admin_out for n in hand_back
@@ -499,6 +503,7 @@ class ClusterReconciler(CanaryDriving):
                 rollback_failed=False,
                 finished=False,
                 aborted=False,
+                **retry_resets(r),
             )
             self.analysis.reset()
         if r.to_version != spec.version:
@@ -526,7 +531,7 @@ class ClusterReconciler(CanaryDriving):
 
     def _finish_rollout_if_done(self, spec: ClusterSpec, p: Plan, now: float) -> None:
         r = self.rollout
-        if not p.complete or r.finished or r.to_version is None:
+        if not p.complete or r.finished or r.to_version is None or after_hook_due(spec, r, p):
             return
         if r.from_version == r.to_version and not p.rolling_back:
             # Nothing had to change (e.g. a new CR for nodes already at the version): no history.
@@ -569,6 +574,7 @@ class ClusterReconciler(CanaryDriving):
                 hold=self._hold(),
             )
             self._canary_status(spec, status)
+            self._hooks_status(spec, status, p)
             self.custody.report_paused(spec.paused, status, spec.version)
             status["history"] = self.history
             status["departedNodes"] = list(self.custody.departed)
@@ -610,7 +616,14 @@ class ClusterReconciler(CanaryDriving):
                 # node or an LB that never answers is cancelled (and killed) at the deadline.
                 async with asyncio.timeout(step_deadline(p, spec, time.time())):
                     new = await run_step(
-                        self.adapters, self.observed, spec, name, p, step, self._verdict(spec)
+                        self.adapters,
+                        self.observed,
+                        spec,
+                        name,
+                        p,
+                        step,
+                        self._verdict(spec),
+                        self._play_context(name, p),
                     )
             except TimeoutError:
                 metrics.step_done(step.kind, time.monotonic() - t0, ok=False)
@@ -659,7 +672,7 @@ class ClusterReconciler(CanaryDriving):
                 await asyncio.sleep(delay)
                 continue
             metrics.step_done(step.kind, time.monotonic() - t0, ok=True)
-            if self.progress.get(name) is not p:
+            if not self._step_owner(name, p):
                 continue  # changed under us (retarget): re-evaluate before recording
             self.progress[name] = new
             if new.phase == Phase.SOAKING and p.phase != Phase.SOAKING:

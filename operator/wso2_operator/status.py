@@ -29,6 +29,7 @@ from .model import (
     NODE_NAME_RE,
     VERSION_RE,
     ClusterSpec,
+    HookRun,
     NodeProgress,
     Phase,
     RolloutState,
@@ -64,8 +65,8 @@ STATUS_SIZE_BOUND = 1024 * 1024
 # 480 KB of the bound; tokens (see textcap.cap_token) cost one byte a character.
 # Measured worst case (tests/unit/test_status_hostile.py::test_worst_case_status_fits): 100
 # nodes and 16 LBs, every field at its cap, 10 history entries, 32 departedNodes and the writer
-# field, the canary fields and status.analysis at their caps: 962,347 bytes in json.dumps (the
-# Kubernetes client's encoding), 521,515 as UTF-8.
+# field, the canary fields, status.analysis, the play revision and both hooks at their caps:
+# 990,814 bytes in json.dumps (the Kubernetes client's encoding), 533,598 as UTF-8.
 NODE_MESSAGES_BUDGET = 40_000
 MIN_NODE_MESSAGE_LIMIT = 128
 
@@ -486,6 +487,13 @@ def rollout_dict(r: RolloutState) -> dict[str, Any]:
         "promoteToken": stored_token(r.promote_token),
         "promoteFullToken": stored_token(r.promote_full_token),
         "abortToken": stored_token(r.abort_token),
+        "provisionRevision": cap_token(r.provision_revision, TOKEN_LIMIT)
+        if r.provision_revision
+        else None,
+        "hooks": {
+            "beforeRollout": _hook_dict(r.before_hook),
+            "afterRollout": _hook_dict(r.after_hook),
+        },
     }
     # A merge patch with None deletes the key, which is what we want for cleared fields.
     return d
@@ -520,6 +528,43 @@ def rollout_from_status(status: object, now: float | None = None) -> RolloutStat
         promote_token=stored_token(r.get("promoteToken")),
         promote_full_token=stored_token(r.get("promoteFullToken")),
         abort_token=stored_token(r.get("abortToken")),
+        provision_revision=_text(r.get("provisionRevision"), TOKEN_LIMIT),
+        before_hook=_hook_run(_mapping(r.get("hooks")).get("beforeRollout"), now),
+        after_hook=_hook_run(_mapping(r.get("hooks")).get("afterRollout"), now),
+    )
+
+
+HOOK_PHASES = frozenset({"Running", "Succeeded", "Failed"})
+
+
+def _text(value: object, limit: int) -> str | None:
+    return cap_token(value, limit) if isinstance(value, str) and value else None
+
+
+def _hook_dict(h: HookRun | None) -> dict[str, Any] | None:
+    if h is None:
+        return None
+    return {
+        "phase": h.phase,
+        "message": cap(h.message, MESSAGE_LIMIT),
+        "startTime": iso(h.start),
+        "endTime": iso(h.end),
+    }
+
+
+def _hook_run(value: object, now: float | None) -> HookRun | None:
+    """A hook's record from status; anything not shaped like one is None (the hook then counts
+    as not run, and its on-host markers still keep a finished command from running twice)."""
+    d = _mapping(value)
+    phase = d.get("phase")
+    if phase not in HOOK_PHASES:
+        return None
+    msg = d.get("message")
+    return HookRun(
+        phase=str(phase),
+        message=cap(msg, MESSAGE_LIMIT) if isinstance(msg, str) else "",
+        start=parse_iso(d.get("startTime"), now),
+        end=parse_iso(d.get("endTime"), now),
     )
 
 
@@ -578,7 +623,23 @@ def history_entry(r: RolloutState, result: str, now: float, message: str = "") -
         "endTime": iso(now),
         "result": cap_token(result, NAME_LIMIT),
         "message": cap(message, MESSAGE_LIMIT),
+        **_history_extras(r),
     }
+
+
+def _history_extras(r: RolloutState) -> dict[str, Any]:
+    """What a history row adds for provision.ansible and hooks, only when they were used."""
+    out: dict[str, Any] = {}
+    if r.provision_revision:
+        out["provisionRevision"] = cap_token(r.provision_revision, TOKEN_LIMIT)
+    hooks = [
+        f"{kind} {h.phase}"
+        for kind, h in (("beforeRollout", r.before_hook), ("afterRollout", r.after_hook))
+        if h is not None
+    ]
+    if hooks:
+        out["hooks"] = ", ".join(hooks)
+    return out
 
 
 _HISTORY_TEXT = {
@@ -586,6 +647,8 @@ _HISTORY_TEXT = {
     "toVersion": (cap_token, VERSION_LIMIT),
     "result": (cap_token, NAME_LIMIT),
     "message": (cap, MESSAGE_LIMIT),
+    "provisionRevision": (cap_token, TOKEN_LIMIT),
+    "hooks": (cap_token, NAME_LIMIT * 2),
 }
 
 

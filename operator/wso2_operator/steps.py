@@ -15,6 +15,16 @@ from dataclasses import replace
 
 from .adapters import Adapters, VersionProblem, lb_view, parse_version_output, timed
 from .analysis import NodeAnalysis, Verdict
+from .ansible_provision import (
+    ContentProblem,
+    PlayContext,
+    PlayFailed,
+    PlayProgress,
+    Target,
+    check_vars,
+    marker_check_command,
+    run_play,
+)
 from .errors import (
     DrainTimeout,
     LBProtocolError,
@@ -58,10 +68,12 @@ async def run_step(
     p: NodeProgress,
     step: Step,
     verdict: VerdictOf | None = None,
+    play: PlayContext | None = None,
 ) -> NodeProgress:
     """Run one step of one node's update and return its new progress (not yet persisted).
 
-    ``verdict``: the node's analysis so far, when spec.update.analysis is on (see soak)."""
+    ``verdict``: the node's analysis so far, when spec.update.analysis is on (see soak).
+    ``play``: content and progress reporting for spec.provision.ansible."""
     node = spec.node(name)
     target = p.target or spec.version
     now = time.time
@@ -79,6 +91,11 @@ async def run_step(
         except DrainTimeout as e:
             raise StepFailed("DrainTimeout", f"{name}: {e}") from None
         return p.to(Phase.PROVISIONING, now(), f"{name}: drained and in MAINT on every LB", step=0)
+    if step.kind == StepKind.PROVISION and spec.ansible is not None:
+        await ensure_out_of_rotation(a, spec, name)
+        if play is None:
+            raise AssertionError("provision.ansible needs a PlayContext")
+        return await provision_play(a, spec, name, p, target, play)
     if step.kind == StepKind.PROVISION:
         cmd = spec.provision_commands[step.index]
         total = len(spec.provision_commands)
@@ -159,6 +176,66 @@ async def run_step(
     if step.kind == StepKind.SOAK:
         return await soak(a, observed, spec, name, p, verdict)
     raise AssertionError(step)
+
+
+async def provision_play(
+    a: Adapters, spec: ClusterSpec, name: str, p: NodeProgress, target: str, play: PlayContext
+) -> NodeProgress:
+    """The whole play on one node, as one provision step (see ansible_provision).
+
+    Its exactly-once key is the commands' (provision_key) over the content revision: a play that
+    finished before a restart left its marker and is not run again; one that did not runs again
+    from the start."""
+    ans = spec.ansible
+    assert ans is not None
+    node = spec.node(name)
+    problem = check_vars(ans)
+    if problem:
+        raise StepFailed("InvalidProvisionSpec", f"{name}: provision.ansible: {problem}")
+    try:
+        revision, content = await play.content(ans.source)
+    except ContentProblem as e:
+        if e.transient:
+            raise
+        raise StepFailed(e.reason, f"{name}: {e.message}") from None
+    key = provision_key(name, target, p, 0, f"ansible:{revision}")
+    r = await a.ssh_run(
+        node.host, node.ssh_port, marker_check_command(key), timeout=min(60.0, ans.timeout)
+    )
+    if r.stdout.strip() == "done":
+        return p.to(
+            Phase.VERIFYING,
+            time.time(),
+            f"{name}: the play ({revision}) had finished before a restart; not run again",
+            step=1,
+        )
+    creds = a.ssh.credentials
+    where = Target(
+        alias=name,
+        host=node.host,
+        port=node.ssh_port,
+        user=creds.username,
+        private_key=creds.private_key,
+        known_hosts=creds.known_hosts,
+        connect_timeout=creds.connect_timeout,
+    )
+
+    def report(pp: PlayProgress) -> None:
+        play.report(f"{name}: ansible task '{clip(pp.task, 120)}' ({pp.summary()})")
+
+    extravars = {**ans.extra_vars, ans.version_variable: target}
+    try:
+        final = await run_play(
+            where, ans, content, extravars, key, report, limit_seconds=ans.timeout
+        )
+    except PlayFailed as e:
+        raise StepFailed(e.reason, f"{name}: {e.message}") from None
+    return p.to(
+        Phase.VERIFYING,
+        time.time(),
+        f"{name}: provisioned {target} with the play ({final.summary()}; {revision})",
+        step=1,
+    )
 
 
 def shown_command(cmd: str) -> str:

@@ -464,7 +464,7 @@ INVALID: list[tuple[str, Mutation, list[str]]] = [
     (
         "provision-commands-missing",
         _drop("provision.commands"),
-        ["spec.provision.commands", "Required"],
+        ["spec.provision", "set exactly one of provision.commands or provision.ansible"],
     ),
     (
         "provision-commands-empty",
@@ -934,6 +934,21 @@ FULL_STATUS: dict[str, Any] = {
         "abortToken": "a1",
         "promotedFull": False,
         "aborted": False,
+        "provisionRevision": "git:main@0123456789abcdef0123456789abcdef01234567",
+        "hooks": {
+            "beforeRollout": {
+                "phase": "Succeeded",
+                "message": "beforeRollout: 1 command(s) done on db01",
+                "startTime": T0,
+                "endTime": T1,
+            },
+            "afterRollout": {
+                "phase": "Failed",
+                "message": "afterRollout command 1/1 (`purge-cache`) failed on db01: exit status 1",
+                "startTime": T2,
+                "endTime": T2,
+            },
+        },
     },
     "analysis": {
         "phase": "Running",
@@ -975,6 +990,8 @@ FULL_STATUS: dict[str, Any] = {
             "endTime": T2,
             "result": "Succeeded",
             "message": "",
+            "provisionRevision": "configmap:wso2ei-play@1234:sha256:0123456789abcdef",
+            "hooks": "beforeRollout Succeeded, afterRollout Failed",
         },
     ],
 }

@@ -19,7 +19,15 @@ import pytest
 from tests.unit.test_planner_properties import NEW, OLD, make_spec
 from tests.unit.test_status import NOW, serving, status_of
 from wso2_operator.analysis import NodeAnalysis, Verdict, Window, WindowVerdict
-from wso2_operator.model import ClusterSpec, LBHostSpec, NodeProgress, NodeSpec, Phase, RolloutState
+from wso2_operator.model import (
+    ClusterSpec,
+    HookRun,
+    LBHostSpec,
+    NodeProgress,
+    NodeSpec,
+    Phase,
+    RolloutState,
+)
 from wso2_operator.planner import MAINT, NodeObservation, StepKind, node_step, plan
 from wso2_operator.progressive import MAX_WINDOW_COUNT, WINDOWS_LIMIT, AnalysisState
 from wso2_operator.status import (
@@ -475,6 +483,10 @@ def worst_case_status(node_count: int, lb_count: int, over: int = 1) -> dict:
         promote_token=EMOJI * TOKEN_LIMIT,
         promote_full_token=EMOJI * TOKEN_LIMIT,
         abort_token=EMOJI * TOKEN_LIMIT,
+        # provision.ansible's revision and both hooks (hooks.py), their messages at the cap.
+        provision_revision=EMOJI * TOKEN_LIMIT * over,
+        before_hook=HookRun("Failed", EMOJI * MESSAGE_LIMIT * over, NOW, NOW),
+        after_hook=HookRun("Failed", EMOJI * MESSAGE_LIMIT * over, NOW, NOW),
     )
     st = summarize(
         spec=spec,
@@ -550,15 +562,15 @@ def worst_case_status(node_count: int, lb_count: int, over: int = 1) -> dict:
 
 def test_worst_case_status_fits():
     """The CRD admits at most 100 nodes (spec.nodes maxItems) and 16 LBs (hosts maxItems).
-    Measured: 962,347 bytes for 100 nodes and 16 LBs (json.dumps, as the Kubernetes client
-    sends it), 521,515 as UTF-8; below the 1 MiB bound, itself well below the apiserver's
+    Measured: 990,814 bytes for 100 nodes and 16 LBs (json.dumps, as the Kubernetes client
+    sends it), 533,598 as UTF-8; below the 1 MiB bound, itself well below the apiserver's
     1.5 MiB request limit."""
     st = worst_case_status(MAX_NODES, MAX_LBS)
     assert len(st["nodes"]) == MAX_NODES
     assert all(len(r["loadBalancers"]) == MAX_LBS for r in st["nodes"])
     assert len(st["history"]) == HISTORY_LIMIT
     size = len(json.dumps(st))
-    assert size == 962_347  # the figure documented in status.py; update both together
+    assert size == 990_814  # the figure documented in status.py; update both together
     assert size <= STATUS_SIZE_BOUND
     assert len(json.dumps(st, ensure_ascii=False).encode()) <= STATUS_SIZE_BOUND
     # At its caps, status still reads back as the resume state it was written from.
