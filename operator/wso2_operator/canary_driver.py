@@ -116,7 +116,9 @@ class CanaryDriving:
         ro = status["rollout"]
         if spec.canary_steps:
             ro["stepCount"] = len(spec.canary_steps) + 1
-            ro["stepMessage"] = cap(self.gate.message if self.gate else "", 512)
+            # Without the "step i/n: " label: stepIndex and stepCount say which step it is.
+            message = self.gate.message if self.gate else ""
+            ro["stepMessage"] = cap(message.partition(": ")[2] or message, 512)
             ro["pauseEndTime"] = iso(self.gate.pause_end) if self.gate else None
         # The analysis of the last rollout stays readable until the next one starts.
         status["analysis"] = (

@@ -316,7 +316,10 @@ def window_text(w: Mapping[str, Any]) -> str:
         return f"{v:.1f}%" if isinstance(v, int | float) and not isinstance(v, bool) else "-"
 
     def ms(v: object) -> str:
-        return f"{v} ms" if _int(v) is not None else "-"
+        # The operator writes response times as floats (21.5); a hand-made status may hold ints.
+        if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < 1e9:
+            return "-"
+        return f"{v:.0f} ms"
 
     t = txt(w.get("time"), 32)
     where = txt(w.get("node"), 64)

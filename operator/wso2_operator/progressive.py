@@ -89,6 +89,8 @@ class AnalysisState:
         """A new soak or pause: good windows are counted again from zero."""
         for n in nodes:
             self.nodes[n] = restart_count(self.verdict(n))
+        if self.phase != "Failed":
+            self.phase = "Running"
 
     def accept(self, nodes: Collection[str]) -> None:
         """A promotion: a human accepts what the analysis could not decide."""

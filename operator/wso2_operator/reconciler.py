@@ -675,7 +675,7 @@ class ClusterReconciler(CanaryDriving, PlayDriving):
             if not self._step_owner(name, p):
                 continue  # changed under us (retarget): re-evaluate before recording
             self.progress[name] = new
-            if new.phase == Phase.SOAKING and p.phase != Phase.SOAKING:
+            if new.phase == Phase.SOAKING and p.phase != Phase.SOAKING and spec.analysis:
                 self.analysis.nodes[name] = NodeAnalysis()  # a new soak is judged afresh
                 self.wake.set()  # the loop starts the analysis
             await self._refresh_node_lb(spec, name)

@@ -390,7 +390,9 @@ def summarize(
     elif flying or plan.begin:
         moving = flying or [b.node for b in plan.begin]
         phases = ", ".join(
-            f"{n} {progress.get(n, NodeProgress()).phase or 'Draining'}" for n in moving
+            # A node begun in this pass has no progress yet: it starts with its drain.
+            f"{n} {_moving_phase(progress.get(n, NodeProgress()))}"
+            for n in moving
         )
         reason = "RollingBack" if plan.rolling_back else "NodeUpdating"
         progressing = (True, reason, f"{updated}/{total} at {spec.version}; {phases}")
@@ -459,6 +461,10 @@ def summarize(
         "rollout": rollout_dict(rollout),
     }
     return status
+
+
+def _moving_phase(p: NodeProgress) -> str:
+    return str(p.phase) if p.phase in IN_FLIGHT else str(Phase.DRAINING)
 
 
 def _failure_reason(p: NodeProgress) -> str:

@@ -43,7 +43,10 @@ def drain(fd: int, seconds: float) -> str:
 def test_get_watch_follows_a_real_canary_rollout_piped_and_on_a_terminal(make_env):
     env: Env = make_env()
     env.operator.start()
-    update = {"steps": [{"nodes": 1}, {"pause": {}}]}
+    update = {
+        "steps": [{"nodes": 1}, {"pause": {}}],
+        "analysis": {"intervalSeconds": 3, "minRequests": 10, "successWindows": 2},
+    }
     env.apply_cluster("1.0.0", update=update)
     env.wait_ready()
     penv = plugin_env(env.kube, TERM="xterm")
