@@ -149,7 +149,8 @@ class GitOpsEnv:
     def actions(self) -> dict[str, bool]:
         """`argocd app actions list`: action -> enabled."""
         out = self.argo.cli("app", "actions", "list", APP, "--kind", "WSO2Cluster", "-o", "json")
-        return {a["name"]: not a.get("disabled", False) for a in json.loads(out or "[]")}
+        # The CLI prints its DisplayedAction structs as they are (Go field names).
+        return {a["Action"]: not a["Disabled"] for a in json.loads(out or "[]")}
 
     def run_action(self, action: str) -> None:
         self.argo.cli(
