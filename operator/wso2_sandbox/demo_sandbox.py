@@ -189,13 +189,13 @@ def sandbox_processes(root: Path) -> set[int]:
     recorded = [*state.get("pids", {}).values(), *state.get("fleet_processes", [])]
     needle = f"{paths.root}/"
     found = {int(p) for p in recorded if fleet_procs.is_alive(int(p)) and _mentions(int(p), needle)}
-    # Stand-ins restarted after the last record, SSH sessions: found by the fleet's own marker;
-    # Argo CD's processes (and the git processes of its repo-server) carry it too, with its dir.
-    return (
-        found
-        | fleet_procs.fleet_processes(str(paths.fleet), found)
-        | fleet_procs.fleet_processes(str(paths.argocd), found)
-    )
+    # Stand-ins restarted after the last record, SSH sessions: found by the fleet's own marker.
+    found |= fleet_procs.fleet_processes(str(paths.fleet), found)
+    # Argo CD's (redis renames itself out of reach of the checks above; see ArgoCD._is_ours).
+    argocd = ArgoCD.load(paths.argocd)
+    if argocd is not None:
+        found |= argocd.processes()
+    return found
 
 
 # --------------------------------------------------------------------- the sandbox

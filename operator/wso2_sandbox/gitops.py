@@ -284,20 +284,35 @@ class ArgoCD:
         install = self.bin_dir / "install"
         # Server-side: client-side apply fails on the Application CRD's size (the
         # last-applied-configuration annotation would exceed 256 KiB).
-        self.kubectl(
-            "apply", "--server-side", "--force-conflicts", "-f", str(install / "crds"), timeout=120
-        )
-        self.kubectl(
-            "wait",
-            "--for=condition=Established",
-            "crd/applications.argoproj.io",
-            "crd/appprojects.argoproj.io",
-            "crd/applicationsets.argoproj.io",
-            "--timeout=60s",
-        )
+        # The CRD files only: the folder's kustomization.yaml is not an object.
+        crds = [f"--filename={f}" for f in sorted((install / "crds").glob("*-crd.yaml"))]
+        self.kubectl("apply", "--server-side", "--force-conflicts", *crds, timeout=120)
+        deadline = time.monotonic() + 60
+        while True:
+            # `kubectl wait` fails at once (rather than waiting) while a new CRD has no
+            # conditions yet, so it is retried.
+            try:
+                self.kubectl(
+                    "wait",
+                    "--for=condition=Established",
+                    "crd/applications.argoproj.io",
+                    "crd/appprojects.argoproj.io",
+                    "crd/applicationsets.argoproj.io",
+                    "--timeout=30s",
+                )
+                break
+            except GitOpsError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
         ns = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
         items = [ns, *argocd_cm(install / "core-install.yaml"), DEFAULT_PROJECT]
-        self.kubectl("apply", "-f", "-", input=json.dumps({"kind": "List", "items": items}))
+        self.kubectl(
+            "apply",
+            "-f",
+            "-",
+            input=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}),
+        )
 
     def _env(self, component: str) -> dict[str, str]:
         w = self.workdir
@@ -473,15 +488,31 @@ class ArgoCD:
             )
         )
 
+    def _is_ours(self, name: str, pid: int) -> bool:
+        """A recorded pid is still our process, not a recycled one."""
+        if not fleet_procs.is_alive(pid):
+            return False
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            return False
+        if name == "redis":
+            # redis-server rewrites its process title over its argv and environment:
+            # "redis-server 127.0.0.1:PORT" is all that is left to recognise it by.
+            return f"127.0.0.1:{self.ports.get('redis')}".encode() in cmdline
+        return f"{fleet_procs.MARKER_VAR}={self.workdir}".encode() in environ.split(b"\0")
+
     def processes(self) -> set[int]:
         """Every live process of this Argo CD: the recorded ones, their children, marked ones."""
-        return fleet_procs.fleet_processes(str(self.workdir), self.pids.values())
+        own = {pid for name, pid in self.pids.items() if self._is_ours(name, pid)}
+        return own | fleet_procs.fleet_processes(str(self.workdir), own)
 
     def stop(self) -> set[int]:
         """Stop every process (the server and controller first); return pids still alive."""
         for name in ("server", "application-controller", "repo-server", "redis"):
             pid = self.pids.get(name)
-            if pid and fleet_procs.is_alive(pid):
+            if pid and self._is_ours(name, pid):
                 _kill_group(pid)
         left = fleet_procs.kill_fleet(str(self.workdir), self.pids.values())
         self.pids.clear()
