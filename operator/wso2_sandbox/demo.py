@@ -228,7 +228,8 @@ def run_rollout(sb: Sandbox, timeout: float) -> Result:
             if gitops:
                 # ... and (gitops) the Application Synced at the commit and Healthy.
                 app = sb.app_state()
-                ready = ready and _track_app(result, app, obj, sha, now - t0)
+                app_ok = _track_app(result, app, obj, sha, now - t0)  # always: it records
+                ready = ready and app_ok
             if bad:
                 _track_catch(result, obj, watch.latest, now - t0)
             if ready and not was_ready:

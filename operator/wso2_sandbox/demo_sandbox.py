@@ -395,12 +395,17 @@ class Sandbox:
                     f" {self.paths.argocd}/logs\n{self.argocd.log_tail('application-controller')}"
                 )
             time.sleep(0.5)
-        order = [
-            f"{r['kind']}/{r['name']}"
-            for r in (app["status"]["operationState"].get("syncResult") or {}).get("resources", [])
-        ]
+        # The order Argo CD applied them in, by their creation times (the sync result holds only
+        # the last operation, and an automated sync may run a second one at once).
+        crd = json.loads(self.kube.kubectl("get", "crd", f"{PLURAL}.{GROUP}", "-o", "json"))
+        cr = self.kube.get_cluster()
+
+        def created(o: dict[str, Any]) -> str:
+            return str(o["metadata"]["creationTimestamp"])[11:19]
+
         self.out.step(
-            f"argocd: Application {NAME} synced {sha[:7]} in order {', '.join(order)}"
+            f"argocd: Application {NAME} synced {sha[:7]}: CRD {PLURAL}.{GROUP} created"
+            f" {created(crd)} (wave -10), then WSO2Cluster {NAME} {created(cr)} (wave 0)"
             f" [dim]({time.monotonic() - t:.1f}s)[/dim]"
         )
 

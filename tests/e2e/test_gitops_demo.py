@@ -21,12 +21,12 @@ def test_gitops_demo_commits_argocd_syncs_and_tears_down(demo_dir: Path) -> None
     out = proc.stdout
     assert proc.returncode == 0, out[-6000:]
     # Argo CD synced the CRDs' wave before the WSO2Cluster's on the fresh cluster.
-    m = re.search(r"Application wso2ei synced \w+ in order (.*?) \(", out)
-    assert m, out[-4000:]
-    order = m.group(1).split(", ")
-    assert order.index("CustomResourceDefinition/wso2clusters.vmops.dev") < order.index(
-        "WSO2Cluster/wso2ei"
-    ), order
+    m = re.search(
+        r"Application wso2ei synced \w+: CRD wso2clusters.vmops.dev created (\S+) \(wave -10\),"
+        r" then WSO2Cluster wso2ei (\S+) \(wave 0\)",
+        out,
+    )
+    assert m and m.group(1) < m.group(2), out[-4000:]
     # The live lines: the Application at the commit, Progressing, then Healthy.
     assert re.search(r"Application sync Synced \(\w+ = the commit\)  health Progressing", out), out
     assert re.search(r"Application sync Synced \(\w+ = the commit\)  health Healthy", out), out
