@@ -14,7 +14,7 @@ LIVENESS_PORT ?=
 
 help:
 	@echo "make demo     - run a rollout under load on a local sandbox (control plane, 2 HAProxy, 3 SSH nodes)"
-	@echo "make test     - lint and run every test against real kube-apiserver, HAProxy and sshd"
+	@echo "make test     - lint and run every test against real kube-apiserver, HAProxy, sshd and Argo CD"
 	@echo "make cluster / cluster-down, make fleet / fleet-down, make operator [LIVENESS_PORT=N], make bench"
 	@echo "make demo SCENARIO=gitops - the same rollout committed to Git and synced by a real Argo CD"
 	@echo "make down     - stop the operator, fleet and control plane; make reset also deletes .sandbox"
