@@ -7,7 +7,7 @@
 # the module is copied to a writable directory and built there. v3.2.11 is pinned: it builds with
 # Go 1.26 as is; v3.2.12 is broken upstream, v3.4+ need a toolchain or modules the proxy refuses
 # (../shared/notes/argocd-sandbox.md). Measured: 12 min 18 s cold on 2 cores shared with other
-# jobs (binary 145 MB; Go caches ~10 GB); 0.02 s warm.
+# jobs (binary 145 MB; the notes measured ~10 GB of Go module and build caches); 0.02 s warm.
 set -euo pipefail
 ARGOCD_VERSION="v3.2.11"
 cache="${WSO2_OPERATOR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/wso2-operator}"

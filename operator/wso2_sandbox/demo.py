@@ -469,18 +469,22 @@ def print_keep(out: Out, paths: Paths, sb: Sandbox | None = None) -> None:
     out.line("[bold]The sandbox is still up.[/bold] Try:")
     out.raw(f"  export KUBECONFIG={paths.kubeconfig.resolve()}")
     out.raw(f"  kubectl get w2c -o wide; kubectl describe w2c {NAME}")
-    out.raw(f'  kubectl patch w2c {NAME} --type=merge -p \'{{"spec":{{"version":"3.0.0"}}}}\'')
+    gitops = sb is not None and sb.argocd is not None and bool(sb.argocd.pids)
+    if not gitops:  # under Argo CD, self-heal would put a patched spec back: commit to Git
+        out.raw(f'  kubectl patch w2c {NAME} --type=merge -p \'{{"spec":{{"version":"3.0.0"}}}}\'')
     out.raw(
         f"  python -m wso2_sandbox.load --fleet {paths.fleet.resolve()}/fleet.json --seconds 30"
     )
     out.raw(f"  operator log: {paths.operator_log.resolve()}")
-    if sb is not None and sb.argocd is not None and sb.argocd.pids:
+    if gitops and sb is not None and sb.argocd is not None:
         argocd = f"{sb.argocd.argocd} --server {sb.argocd.server_address} --plaintext"
         out.raw(f"  {argocd} app get {NAME}")
         out.raw(f"  {argocd} app actions list {NAME} --kind WSO2Cluster")
+        # Argo CD polls Git every 10 s here and caches branch heads as long: seen within ~20 s.
         out.raw(
             f"  cd {paths.git.resolve()} && sed -i 's/version: {TO_VERSION}/version: 3.0.0/'"
-            f" {GIT_CLUSTER_FILE} && git commit -qam 3.0.0   # synced within 10 s"
+            f" {GIT_CLUSTER_FILE} && git -c user.name=you -c user.email=you@example.invalid"
+            " commit -qam 3.0.0   # Argo CD syncs it within ~20 s"
         )
     out.line("Tear it down with:")
     out.raw(f"  {down_cmd}")
