@@ -225,10 +225,11 @@ def render(frame: Frame) -> Group:
         f" ({ready.get('reason', '')})" if ready.get("reason") else "",
         f"   updated {frame.updated or '-'}   ready {frame.ready_count or '-'}",
     )
+    since = "commit" if frame.app_target else "patch"  # the gitops bump is a Git commit
     clock = Text.assemble(
         ("elapsed ", "dim"),
         (f"{frame.elapsed:5.1f} s", "bold"),
-        (f" since the patch (timeout {frame.timeout:.0f} s)", "dim"),
+        (f" since the {since} (timeout {frame.timeout:.0f} s)", "dim"),
         # Until observedGeneration catches up, Ready still describes the old spec.
         f"   generation {frame.generation or '-'}, observed {frame.observed or '-'}",
     )

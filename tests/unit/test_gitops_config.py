@@ -6,7 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
+from rich.console import Console
 
+from wso2_sandbox.demo_view import app_text, build_frame, render
 from wso2_sandbox.gitops import (
     ARGOCD_MANIFESTS,
     IN_CLUSTER,
@@ -87,3 +89,27 @@ def test_app_summary_reads_like_argocd_app_get() -> None:
         "  WSO2Cluster wso2ei: node2 Draining"
     )
     assert app_summary({}) == "sync - (-)  health -"
+
+
+def test_the_demo_shows_the_application_next_to_the_nodes() -> None:
+    app = {"sync": "Synced", "revision": "abcdef123456", "health": "Progressing", "message": "m"}
+    assert (
+        app_text(app, "abcdef123456") == "sync Synced (abcdef1 = the commit)  health Progressing: m"
+    )
+    assert "= not yet the commit" in app_text(app, "0123")
+    frame = build_frame(
+        {"spec": {"version": "2.0.0"}, "status": {}},
+        {"lb1": None},
+        {},
+        elapsed=1.0,
+        timeout=10,
+        lb_names=["lb1"],
+        node_names=["node1"],
+        max_out=0,
+    )
+    frame.app, frame.app_target = app, "abcdef123456"
+    console = Console(width=160, record=True)
+    console.print(render(frame))
+    text = console.export_text()
+    assert "Argo CD Application argocd/wso2ei   sync Synced (abcdef1 = the commit)" in text
+    assert "health Progressing  m" in text and "since the commit" in text
