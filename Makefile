@@ -10,12 +10,13 @@ export KUBECONFIG_SANDBOX := $(CURDIR)/$(SANDBOX)/kubeconfig
 # make operator serves /healthz here; empty: 8080, or a free port if 8080 is taken.
 LIVENESS_PORT ?=
 
-.PHONY: help setup venv apt kube test unit lint cluster cluster-down fleet fleet-down operator operator-down down reset demo bench image-check clean
+.PHONY: help setup venv apt kube argocd test unit lint cluster cluster-down fleet fleet-down operator operator-down down reset demo bench image-check clean
 
 help:
 	@echo "make demo     - run a rollout under load on a local sandbox (control plane, 2 HAProxy, 3 SSH nodes)"
-	@echo "make test     - lint and run every test against real kube-apiserver, HAProxy and sshd"
+	@echo "make test     - lint and run every test against real kube-apiserver, HAProxy, sshd and Argo CD"
 	@echo "make cluster / cluster-down, make fleet / fleet-down, make operator [LIVENESS_PORT=N], make bench"
+	@echo "make demo SCENARIO=gitops - the same rollout committed to Git and synced by a real Argo CD"
 	@echo "make down     - stop the operator, fleet and control plane; make reset also deletes .sandbox"
 
 $(STAMP): pyproject.toml
@@ -31,6 +32,11 @@ apt:
 kube:
 	@bash hack/build-kube.sh >/dev/null
 
+# Argo CD for the GitOps tests and `make demo SCENARIO=gitops` (which builds it on demand too):
+# ~12 min cold on 2 cores, then cached in ~/.cache/wso2-operator/argocd-<version>.
+argocd: apt
+	@bash hack/build-argocd.sh >/dev/null
+
 setup: venv apt kube
 
 lint: venv
@@ -40,7 +46,7 @@ lint: venv
 unit: venv
 	$(BIN)/pytest -q tests/unit
 
-test: setup lint
+test: setup argocd lint
 	$(BIN)/pytest -q -p no:cacheprovider
 
 cluster: setup

@@ -19,6 +19,12 @@ fault model: 10 % of requests answered 500 while /health passes) and the WSO2Clu
 steps, analysis from the LBs' counters and failurePolicy Rollback. The view adds the step, each
 analysis window and the verdict; the run ends once the operator has rolled back to 1.0.0.
 
+`--scenario gitops` (`make demo SCENARIO=gitops`): a real Argo CD (wso2_sandbox.gitops; built
+once from Go modules and cached) syncs the WSO2Cluster and our CRDs from a local Git repository.
+The bump is a commit of spec.version plus a refresh (as a Git webhook would); the view adds the
+Application's sync and health status, which goes Progressing while the nodes roll and Healthy
+after Ready; the run ends once the Application is Healthy at the new commit.
+
 Everything lives under .sandbox/demo (or --dir): cluster/ (etcd data, PKI, logs), kubeconfig,
 fleet/ (nodes, LBs, keys, logs), operator.log and demo.json. demo.json records every pid the demo
 started and whether the sandbox is still up; `--down` and the tests read it.
@@ -62,6 +68,7 @@ from wso2_sandbox.demo_kube import (
 from wso2_sandbox.demo_sandbox import (
     DEFAULT_DIR,
     FAST,
+    GIT_CLUSTER_FILE,
     NORMAL,
     SAMPLE_INTERVAL,
     LBWatch,
@@ -111,6 +118,13 @@ class Result:
     ready_held: bool = False  # Ready=True at the end, not only once
     settled_seconds: float | None = None  # since the patch, when Ready last became True
     kubectl_wide: str = ""
+    # GitOps (seconds after the commit): Argo CD synced it, turned Healthy; Progressing seen
+    # while some node was not yet at the new version.
+    gitops: bool = False
+    app_synced_seconds: float | None = None
+    app_healthy_seconds: float | None = None
+    app_progressing: bool = False
+    argocd_app_get: str = ""
     # A bad release (times in seconds after the patch): rollout_seconds is when it was rolled
     # back, ready_held that it still was at the end.
     bad: bool = False
@@ -137,6 +151,7 @@ class Result:
             self.rollout_seconds is not None
             and self.ready_held
             and self.counters.get("failed", 1) == 0
+            and (not self.gitops or (self.app_healthy_seconds is not None and self.app_progressing))
         )
 
 
@@ -165,7 +180,9 @@ def run_rollout(sb: Sandbox, timeout: float) -> Result:
     load = LoadThread(gen)
     watch = LBWatch(fleet.lbs).start()
     bad = sb.scenario.bad
-    result = Result(bad=bad)
+    gitops = sb.scenario.gitops
+    result = Result(bad=bad, gitops=gitops)
+    sha = ""
     view: LiveView | LineView | None = None
     try:
         load.start()
@@ -176,11 +193,25 @@ def run_rollout(sb: Sandbox, timeout: float) -> Result:
         )
         time.sleep(p.warmup)
         patch = json.dumps({"spec": {"version": TO_VERSION}}, separators=(",", ":"))
-        out.step(f"$ kubectl patch w2c {NAME} --type=merge -p '{patch}'")
+        if gitops:
+            out.step(
+                f"$ git commit -am '{NAME}: {TO_VERSION}'"
+                f"   [dim]# spec.version {FROM_VERSION} -> {TO_VERSION} in {GIT_CLUSTER_FILE}[/dim]"
+            )
+        else:
+            out.step(f"$ kubectl patch w2c {NAME} --type=merge -p '{patch}'")
         watch.counting = True
         t0 = time.monotonic()
         t0_wall = time.time()  # the load's records are in Unix time
-        kube.kubectl("patch", "w2c", NAME, "-n", NAMESPACE, "--type=merge", "-p", patch)
+        if gitops:
+            sha = sb.commit_version(TO_VERSION)
+            out.step(
+                f"$ kubectl -n argocd annotate application {NAME}"
+                f" argocd.argoproj.io/refresh=normal   [dim]# as a Git webhook would;"
+                f" commit {sha[:7]}[/dim]"
+            )
+        else:
+            kube.kubectl("patch", "w2c", NAME, "-n", NAMESPACE, "--type=merge", "-p", patch)
         view = LiveView(out) if out.tty else LineView(out)
         obj: dict[str, Any] = {}
         deadline = t0 + timeout
@@ -193,6 +224,12 @@ def run_rollout(sb: Sandbox, timeout: float) -> Result:
                 obj = kube.get_cluster()
             # The end state: Ready at the new version, or (a bad release) rolled back.
             ready = rolled_back(obj, FROM_VERSION) if bad else rolled_out(obj, TO_VERSION)
+            app: dict[str, str] = {}
+            if gitops:
+                # ... and (gitops) the Application Synced at the commit and Healthy.
+                app = sb.app_state()
+                app_ok = _track_app(result, app, obj, sha, now - t0)  # always: it records
+                ready = ready and app_ok
             if bad:
                 _track_catch(result, obj, watch.latest, now - t0)
             if ready and not was_ready:
@@ -222,6 +259,8 @@ def run_rollout(sb: Sandbox, timeout: float) -> Result:
                 max_out=watch.max_out,
             )
             frame.rollout_seconds = result.rollout_seconds
+            frame.app = app
+            frame.app_target = sha
             frame.end_state = "rolled back" if bad else "rolled out"
             frame.flaps = result.ready_flaps
             frame.done = finished or now > deadline
@@ -251,6 +290,9 @@ def run_rollout(sb: Sandbox, timeout: float) -> Result:
     first = min((r.end for r in records if r.version == TO_VERSION), default=None)
     result.first_bad_answer = None if first is None else first - t0_wall
     result.kubectl_wide = kube.kubectl("get", "w2c", "-n", NAMESPACE, "-o", "wide")
+    if gitops and sb.argocd is not None:
+        with contextlib.suppress(Exception):  # only shown; the Application was read above
+            result.argocd_app_get = sb.argocd.cli("app", "get", NAME)
     end_state = "rolled back" if bad else "Ready"
     if result.rollout_seconds is not None and not result.ready_held:
         out.line(
@@ -263,6 +305,26 @@ def run_rollout(sb: Sandbox, timeout: float) -> Result:
         out.raw(json.dumps((obj.get("status") or {}).get("conditions"), indent=1)[:2000])
         out.raw(f"--- operator log tail ({sb.paths.operator_log}) ---\n{sb.operator_tail()}")
     return result
+
+
+def _track_app(
+    result: Result, app: Mapping[str, str], obj: Mapping[str, Any], sha: str, elapsed: float
+) -> bool:
+    """Record when the Application synced the commit and turned Healthy; True while it is."""
+    at_commit = app.get("revision") == sha and app.get("sync") == "Synced"
+    if at_commit and result.app_synced_seconds is None:
+        result.app_synced_seconds = elapsed
+    rows = (obj.get("status") or {}).get("nodes") or []
+    if (
+        at_commit
+        and app.get("health") == "Progressing"
+        and any(r.get("version") != TO_VERSION for r in rows)
+    ):
+        result.app_progressing = True
+    healthy = at_commit and app.get("health") == "Healthy"
+    if healthy and result.app_healthy_seconds is None:
+        result.app_healthy_seconds = elapsed
+    return healthy
 
 
 def _track_catch(result: Result, obj: Mapping[str, Any], live: LBStates, elapsed: float) -> None:
@@ -333,7 +395,24 @@ def print_summary(out: Out, result: Result, sb: Sandbox, total: float) -> None:
     by_node = ", ".join(f"{n} {k}" for n, k in result.by_node.items())
     out.line("")
     out.line(f"[bold]Summary[/bold]  {FROM_VERSION} -> {TO_VERSION}")
-    out.line(f"  rollout time (patch to Ready, observedGeneration current): [bold]{rollout}[/bold]")
+    if result.gitops:
+
+        def since(v: float | None) -> str:
+            return "[bold red]never[/bold red]" if v is None else f"[bold]{v:.1f} s[/bold]"
+
+        out.line(
+            f"  Argo CD: commit to Synced {since(result.app_synced_seconds)},"
+            f" commit to Healthy {since(result.app_healthy_seconds)};"
+            + (
+                " Progressing while the nodes rolled"
+                if result.app_progressing
+                else " [bold red]never seen Progressing while the nodes rolled[/bold red]"
+            )
+        )
+    start = "commit" if result.gitops else "patch"
+    out.line(
+        f"  rollout time ({start} to Ready, observedGeneration current): [bold]{rollout}[/bold]"
+    )
     out.line(
         f"  requests: {c.get('sent', 0)} sent, {c.get('ok', 0)} served,"
         f" [{failed_style}]{c.get('failed', 0)} failed[/{failed_style}]"
@@ -375,9 +454,13 @@ def print_summary(out: Out, result: Result, sb: Sandbox, total: float) -> None:
     out.line("")
     out.line(f"$ kubectl get w2c -n {NAMESPACE} -o wide")
     out.raw(result.kubectl_wide.rstrip("\n"))
+    if result.argocd_app_get:
+        out.line("")
+        out.line(f"$ argocd app get {NAME}")
+        out.raw(result.argocd_app_get.rstrip("\n"))
 
 
-def print_keep(out: Out, paths: Paths) -> None:
+def print_keep(out: Out, paths: Paths, sb: Sandbox | None = None) -> None:
     # sys.executable as typed (.venv/bin/python from make), not resolved to the base interpreter.
     down_cmd = f"{rel_path(Path(sys.executable))} -m wso2_sandbox.demo --down"
     if paths.root.resolve() != DEFAULT_DIR.resolve():
@@ -386,11 +469,23 @@ def print_keep(out: Out, paths: Paths) -> None:
     out.line("[bold]The sandbox is still up.[/bold] Try:")
     out.raw(f"  export KUBECONFIG={paths.kubeconfig.resolve()}")
     out.raw(f"  kubectl get w2c -o wide; kubectl describe w2c {NAME}")
-    out.raw(f'  kubectl patch w2c {NAME} --type=merge -p \'{{"spec":{{"version":"3.0.0"}}}}\'')
+    gitops = sb is not None and sb.argocd is not None and bool(sb.argocd.pids)
+    if not gitops:  # under Argo CD, self-heal would put a patched spec back: commit to Git
+        out.raw(f'  kubectl patch w2c {NAME} --type=merge -p \'{{"spec":{{"version":"3.0.0"}}}}\'')
     out.raw(
         f"  python -m wso2_sandbox.load --fleet {paths.fleet.resolve()}/fleet.json --seconds 30"
     )
     out.raw(f"  operator log: {paths.operator_log.resolve()}")
+    if gitops and sb is not None and sb.argocd is not None:
+        argocd = f"{sb.argocd.argocd} --server {sb.argocd.server_address} --plaintext"
+        out.raw(f"  {argocd} app get {NAME}")
+        out.raw(f"  {argocd} app actions list {NAME} --kind WSO2Cluster")
+        # Argo CD polls Git every 10 s here and caches branch heads as long: seen within ~20 s.
+        out.raw(
+            f"  cd {paths.git.resolve()} && sed -i 's/version: {TO_VERSION}/version: 3.0.0/'"
+            f" {GIT_CLUSTER_FILE} && git -c user.name=you -c user.email=you@example.invalid"
+            " commit -qam 3.0.0   # Argo CD syncs it within ~20 s"
+        )
     out.line("Tear it down with:")
     out.raw(f"  {down_cmd}")
 
@@ -431,8 +526,15 @@ def run(args: argparse.Namespace, out: Out) -> int:
         sb.prepare()
         sb.start_control_plane()
         sb.start_fleet()
-        sb.start_operator()
-        sb.apply_cluster()
+        if sc.gitops:
+            # The CRD comes from Git through Argo CD, so the operator starts after the first sync.
+            sb.start_argocd()
+            sb.apply_cluster()
+            sb.start_operator()
+        else:
+            sb.start_operator()
+            sb.apply_cluster()
+        sb.wait_initial_ready()
         result = run_rollout(sb, args.timeout)
         print_summary(out, result, sb, time.monotonic() - out.t_start)
         code = 0 if result.ok else 1
@@ -454,7 +556,7 @@ def run(args: argparse.Namespace, out: Out) -> int:
             sb.snapshot_processes()
             if sb.kube is not None:
                 sb.kube.close()
-            print_keep(out, paths)
+            print_keep(out, paths, sb)
         else:
             t = time.monotonic()
             problems = sb.teardown()
@@ -468,7 +570,8 @@ def run(args: argparse.Namespace, out: Out) -> int:
                     if k.startswith("stop ")
                 )
                 out.line(
-                    f"torn down: operator, fleet, control plane"
+                    f"torn down: operator, {'argocd, ' if sb.argocd is not None else ''}fleet,"
+                    " control plane"
                     f" [dim]({time.monotonic() - t:.1f}s: {parts})[/dim]"
                 )
     return code
@@ -486,7 +589,8 @@ def main(argv: list[str] | None = None) -> int:
         "--scenario",
         choices=SCENARIOS,
         default="rollout",
-        help="rollout: a good release; bad-release: a bad build caught by analysis, rolled back",
+        help="rollout: a good release; bad-release: a bad build caught by analysis, rolled back;"
+        " gitops: the release committed to Git and synced by a real Argo CD",
     )
     ap.add_argument("--timeout", type=float, default=120.0, help="rollout timeout, seconds")
     ap.add_argument("--dir", default=str(DEFAULT_DIR), help="sandbox directory (.sandbox/demo)")

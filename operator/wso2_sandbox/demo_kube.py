@@ -27,12 +27,21 @@ class Scenario:
     faults: dict[str, dict[str, float | int]] = field(default_factory=dict)
     update: dict[str, Any] = field(default_factory=dict)  # merged into spec.update
     bad: bool = False  # the new version is bad: success is catching it and rolling back
+    # The WSO2Cluster lives in a Git repository that Argo CD syncs; the bump is a commit.
+    gitops: bool = False
 
 
 def scenario(name: str, analysis_interval: int) -> Scenario:
-    """`rollout` (the default) or `bad-release`, with analysis windows of `analysis_interval` s."""
+    """`rollout` (the default), `bad-release` (analysis windows of `analysis_interval` s) or
+    `gitops`."""
     if name == "rollout":
         return Scenario("rollout", f"a rolling update {FROM_VERSION} -> {TO_VERSION}")
+    if name == "gitops":
+        return Scenario(
+            "gitops",
+            f"a rolling update {FROM_VERSION} -> {TO_VERSION} committed to Git, synced by Argo CD,",
+            gitops=True,
+        )
     if name == "bad-release":
         return Scenario(
             "bad-release",
@@ -54,7 +63,7 @@ def scenario(name: str, analysis_interval: int) -> Scenario:
     raise ValueError(f"unknown scenario {name!r}")
 
 
-SCENARIOS = ("rollout", "bad-release")
+SCENARIOS = ("rollout", "bad-release", "gitops")
 
 
 class DemoError(RuntimeError):
@@ -88,6 +97,12 @@ class Kube:
     def get_cluster(self) -> dict[str, Any]:
         return self._custom.get_namespaced_custom_object(
             GROUP, API_VERSION, NAMESPACE, PLURAL, NAME, _request_timeout=5
+        )
+
+    def get_application(self, name: str = NAME) -> dict[str, Any]:
+        """The Argo CD Application of the gitops scenario (namespace argocd)."""
+        return self._custom.get_namespaced_custom_object(
+            "argoproj.io", "v1alpha1", "argocd", "applications", name, _request_timeout=5
         )
 
     def close(self) -> None:

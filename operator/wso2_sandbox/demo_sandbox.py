@@ -37,11 +37,25 @@ from wso2_sandbox.demo_kube import (
 from wso2_sandbox.demo_view import Out, rel_path
 from wso2_sandbox.fleet import Fleet, FleetConfig
 from wso2_sandbox.fleet_handles import FleetError, LBHandle
+from wso2_sandbox.gitops import (
+    ArgoCD,
+    GitRepo,
+    app_health,
+    app_revision,
+    app_sync,
+    application,
+    resource_health,
+)
 from wso2_sandbox.manifest import fleet_manifests
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_DIR = REPO / ".sandbox" / "demo"
 CRD = REPO / "crds" / "wso2clusters.yaml"
+# The gitops scenario's Git repository: one folder Argo CD syncs, our CRDs (as manifests/crds has
+# them, sync wave -10) and the WSO2Cluster (wave 0). The SSH Secret stays out of Git.
+GIT_APP_PATH = "wso2ei"
+GIT_CLUSTER_FILE = f"{GIT_APP_PATH}/wso2cluster.yaml"
+FIRST_SYNC_TIMEOUT = 120.0
 SAMPLE_INTERVAL = 0.1  # LB admin sockets are read 10 times a second, so a short MAINT is not missed
 INITIAL_READY_TIMEOUT = 90.0
 OPERATOR_STOP_GRACE = 10.0
@@ -118,6 +132,14 @@ class Paths:
     def state(self) -> Path:
         return self.root / "demo.json"
 
+    @property
+    def argocd(self) -> Path:
+        return self.root / "argocd"
+
+    @property
+    def git(self) -> Path:
+        return self.root / "git"
+
 
 def load_state(paths: Paths) -> dict[str, Any]:
     """demo.json: {"up": bool, "pids": {name: pid}, "fleet_processes": [pid], ...} or {}."""
@@ -168,7 +190,12 @@ def sandbox_processes(root: Path) -> set[int]:
     needle = f"{paths.root}/"
     found = {int(p) for p in recorded if fleet_procs.is_alive(int(p)) and _mentions(int(p), needle)}
     # Stand-ins restarted after the last record, SSH sessions: found by the fleet's own marker.
-    return found | fleet_procs.fleet_processes(str(paths.fleet), found)
+    found |= fleet_procs.fleet_processes(str(paths.fleet), found)
+    # Argo CD's (redis renames itself out of reach of the checks above; see ArgoCD._is_ours).
+    argocd = ArgoCD.load(paths.argocd)
+    if argocd is not None:
+        found |= argocd.processes()
+    return found
 
 
 # --------------------------------------------------------------------- the sandbox
@@ -187,6 +214,9 @@ class Sandbox:
     fleet: Fleet | None = None
     operator: subprocess.Popen[bytes] | None = None
     kube: Kube | None = None
+    argocd: ArgoCD | None = None  # the gitops scenario's
+    repo: GitRepo | None = None
+    cluster_doc: dict[str, Any] = field(default_factory=dict)  # the WSO2Cluster as in Git
     timings: dict[str, float] = field(default_factory=dict)
 
     def prepare(self) -> None:
@@ -198,6 +228,9 @@ class Sandbox:
                 raise DemoError(f"could not stop the earlier sandbox in {root}")
         # A fresh etcd every time: an old wso2ei (with its finalizer) would not be a demo.
         shutil.rmtree(self.paths.cluster, ignore_errors=True)
+        # And a fresh Argo CD dir and Git repository (old clones, logs and history).
+        shutil.rmtree(self.paths.argocd, ignore_errors=True)
+        shutil.rmtree(self.paths.git, ignore_errors=True)
         root.mkdir(parents=True, exist_ok=True)
         self.paths.operator_log.unlink(missing_ok=True)
         self.paths.state.unlink(missing_ok=True)
@@ -228,6 +261,8 @@ class Sandbox:
             f" [dim]({self.timings['control plane']:.1f}s)[/dim]"
         )
         self.kube = Kube(self.paths.kubeconfig)
+        if self.scenario.gitops:
+            return  # Argo CD installs the CRD from Git, in its sync wave
         self.kube.kubectl("apply", "-f", str(CRD))
         self.kube.kubectl(
             "wait", "--for=condition=Established", f"crd/{PLURAL}.{GROUP}", "--timeout=60s"
@@ -265,6 +300,23 @@ class Sandbox:
                 f" [dim](etc/faults.json on every node)[/dim]"
             )
 
+    def start_argocd(self) -> None:
+        """Argo CD's processes against the control plane, and an empty Git repository."""
+        self.out.step("argocd: building or finding the cached binary (hack/build-argocd.sh)")
+        self.argocd = ArgoCD(workdir=self.paths.argocd, kubeconfig=self.paths.kubeconfig)
+        try:
+            with self._timed("argocd"):
+                self.argocd.start()
+        finally:
+            _record_pids(self.paths, {f"argocd.{k}": v for k, v in self.argocd.pids.items()})
+        self.out.step(
+            "argocd v3.2.11: redis-server, repo-server, application-controller, server"
+            f" (auth off) on {self.argocd.server_address}, our health check and actions in"
+            f" argocd-cm [dim]({self.timings['argocd']:.1f}s, logs"
+            f" {rel_path(self.paths.argocd / 'logs')})[/dim]"
+        )
+        self.repo = GitRepo(self.paths.git).init()
+
     def start_operator(self) -> None:
         env = {
             **os.environ,
@@ -297,6 +349,9 @@ class Sandbox:
             version=FROM_VERSION,
             update={"minReadySeconds": self.profile.min_ready_seconds, **self.scenario.update},
         )
+        if self.scenario.gitops:
+            self._sync_from_git(docs)
+            return
         self.kube.kubectl(
             "apply",
             "-f",
@@ -306,6 +361,80 @@ class Sandbox:
         self.out.step(f"applied Secret {NAME}-ssh and WSO2Cluster {NAME} at {FROM_VERSION}")
         if self.scenario.update:
             self.out.step(f"spec.update: {json.dumps(self.scenario.update, separators=(',', ':'))}")
+
+    def _sync_from_git(self, docs: list[dict[str, Any]]) -> None:
+        """Commit the CRDs and the WSO2Cluster to Git, create the Application, wait for its
+        first sync (the CRDs' wave before the WSO2Cluster's)."""
+        assert self.kube is not None and self.repo is not None and self.argocd is not None
+        secret, cluster = docs
+        self.kube.kubectl("apply", "-f", "-", input=json.dumps(secret))
+        self.out.step(f"applied Secret {NAME}-ssh with kubectl (keys stay out of Git)")
+        for f in sorted((REPO / "manifests" / "crds").iterdir()):
+            self.repo.write(f"{GIT_APP_PATH}/crds/{f.name}", f.read_text())
+        self.cluster_doc = cluster
+        self.repo.write(GIT_CLUSTER_FILE, cluster)
+        sha = self.repo.commit(f"{NAME} {FROM_VERSION}, with the CRDs")
+        self.out.step(
+            f"git: committed {GIT_APP_PATH}/crds/ (sync wave -10) and {GIT_CLUSTER_FILE}"
+            f" ({FROM_VERSION}) to {self.repo.url} [dim]({sha[:7]})[/dim]"
+        )
+        t = time.monotonic()
+        self.argocd.apply_application(application(NAME, self.repo.url, GIT_APP_PATH, NAMESPACE))
+        app: dict[str, Any] = {}
+        while True:
+            with contextlib.suppress(Exception):  # not created yet, or a transient API error
+                app = self.kube.get_application()
+                op = (app.get("status") or {}).get("operationState") or {}
+                if op.get("phase") == "Succeeded" and app_revision(app) == sha:
+                    break
+                if op.get("phase") in ("Failed", "Error"):
+                    raise DemoError(f"Argo CD's first sync failed: {op.get('message')}")
+            if time.monotonic() - t > FIRST_SYNC_TIMEOUT:
+                raise DemoError(
+                    f"Argo CD did not sync {sha[:7]} within {FIRST_SYNC_TIMEOUT:.0f}s; see"
+                    f" {self.paths.argocd}/logs\n{self.argocd.log_tail('application-controller')}"
+                )
+            time.sleep(0.5)
+        # The order Argo CD applied them in, by their creation times (the sync result holds only
+        # the last operation, and an automated sync may run a second one at once).
+        crd = json.loads(self.kube.kubectl("get", "crd", f"{PLURAL}.{GROUP}", "-o", "json"))
+        cr = self.kube.get_cluster()
+
+        def created(o: dict[str, Any]) -> str:
+            return str(o["metadata"]["creationTimestamp"])[11:19]
+
+        self.out.step(
+            f"argocd: Application {NAME} synced {sha[:7]}: CRD {PLURAL}.{GROUP} created"
+            f" {created(crd)} (wave -10), then WSO2Cluster {NAME} {created(cr)} (wave 0)"
+            f" [dim]({time.monotonic() - t:.1f}s)[/dim]"
+        )
+
+    def commit_version(self, version: str) -> str:
+        """The gitops bump: spec.version in Git, a commit, and a refresh of the Application
+        (what a Git webhook does; without it Argo CD polls every 10 s here)."""
+        assert self.repo is not None and self.argocd is not None
+        self.cluster_doc["spec"]["version"] = version
+        self.repo.write(GIT_CLUSTER_FILE, self.cluster_doc)
+        sha = self.repo.commit(f"{NAME}: {version}")
+        self.argocd.refresh(NAME)
+        return sha
+
+    def app_state(self) -> dict[str, str]:
+        """The Application as `argocd app get` sums it up: sync status, revision, health, and
+        the WSO2Cluster's health message from our health.lua; {} if it cannot be read."""
+        assert self.kube is not None
+        with contextlib.suppress(Exception):
+            app = self.kube.get_application()
+            return {
+                "sync": app_sync(app),
+                "revision": app_revision(app),
+                "health": app_health(app),
+                "message": resource_health(app, "WSO2Cluster", NAME).get("message", ""),
+            }
+        return {}
+
+    def wait_initial_ready(self) -> None:
+        assert self.kube is not None
         t = time.monotonic()
         deadline = t + INITIAL_READY_TIMEOUT
         while True:
@@ -319,9 +448,15 @@ class Sandbox:
                     f" see {self.paths.operator_log}\n{self.operator_tail()}"
                 )
             time.sleep(0.2)
+        if self.scenario.gitops:
+            while self.app_state().get("health") != "Healthy":
+                if time.monotonic() > deadline:
+                    raise DemoError(f"Application {NAME} not Healthy: {self.app_state()}")
+                time.sleep(0.2)
         self.out.step(
             f"WSO2Cluster {NAME} Ready: 3/3 nodes at {FROM_VERSION}"
-            f" [dim]({time.monotonic() - t:.1f}s)[/dim]"
+            + (f", Application {NAME} Healthy" if self.scenario.gitops else "")
+            + f" [dim]({time.monotonic() - t:.1f}s)[/dim]"
         )
 
     def check_operator(self) -> None:
@@ -352,6 +487,11 @@ class Sandbox:
             with self._timed("stop operator"):
                 if not _stop_group(self.operator.pid, self.operator.wait):
                     problems.append(f"operator pid {self.operator.pid} survived SIGKILL")
+        if self.argocd is not None:
+            # Before the fleet and the control plane: it must not sync anything meanwhile.
+            with self._timed("stop argocd"):
+                if left := self.argocd.stop():
+                    problems.append(f"argocd processes left: {sorted(left)}")
         with self._timed("stop fleet"):
             if self.fleet is not None:
                 try:
@@ -404,6 +544,10 @@ def down(paths: Paths, out: Out) -> int:
     if op and fleet_procs.is_alive(op) and _mentions(op, f"KUBECONFIG={paths.kubeconfig}"):
         _stop_group(int(op))
         stopped.append("operator")
+    argocd = ArgoCD.load(paths.argocd.resolve())
+    if argocd is not None:
+        argocd.stop()
+        stopped.append("argocd")
     try:
         Fleet.load(paths.fleet).stop()
         stopped.append("fleet")

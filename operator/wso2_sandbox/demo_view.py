@@ -115,6 +115,10 @@ class Frame:
     degraded: dict[str, Any] = field(default_factory=dict)  # the Degraded condition
     step_message: str = ""  # status.rollout.stepMessage: what the canary step waits for
     analysis: dict[str, Any] = field(default_factory=dict)  # status.analysis, when it ran
+    # The gitops scenario: the Argo CD Application (sync, revision, health, the WSO2Cluster's
+    # health message) and the commit it should reach; {} otherwise.
+    app: dict[str, str] = field(default_factory=dict)
+    app_target: str = ""
 
 
 def build_frame(
@@ -221,10 +225,11 @@ def render(frame: Frame) -> Group:
         f" ({ready.get('reason', '')})" if ready.get("reason") else "",
         f"   updated {frame.updated or '-'}   ready {frame.ready_count or '-'}",
     )
+    since = "commit" if frame.app_target else "patch"  # the gitops bump is a Git commit
     clock = Text.assemble(
         ("elapsed ", "dim"),
         (f"{frame.elapsed:5.1f} s", "bold"),
-        (f" since the patch (timeout {frame.timeout:.0f} s)", "dim"),
+        (f" since the {since} (timeout {frame.timeout:.0f} s)", "dim"),
         # Until observedGeneration catches up, Ready still describes the old spec.
         f"   generation {frame.generation or '-'}, observed {frame.observed or '-'}",
     )
@@ -286,7 +291,44 @@ def render(frame: Frame) -> Group:
         "in CR: status.nodes[].loadBalancers as the operator last wrote it",
         "dim",
     )
-    return Group(head, clock, *_canary_lines(frame), table, counters, legend)
+    return Group(head, clock, *_app_lines(frame), *_canary_lines(frame), table, counters, legend)
+
+
+APP_HEALTH_STYLE = {
+    "Healthy": "bold green",
+    "Progressing": "bold cyan",
+    "Suspended": "bold yellow",
+    "Degraded": "bold red",
+    "Missing": "red",
+}
+
+
+def app_text(app: Mapping[str, str], target: str) -> str:
+    """The Application in one line: sync (revision, and whether it is the new commit), health."""
+    rev = app.get("revision", "")
+    which = "" if not target else (" = the commit" if rev == target else " = not yet the commit")
+    return (
+        f"sync {app.get('sync') or '-'} ({rev[:7] or '-'}{which})"
+        f"  health {app.get('health') or '-'}"
+        + (f": {app['message']}" if app.get("message") else "")
+    )
+
+
+def _app_lines(frame: Frame) -> list[Text]:
+    if not frame.app:
+        return []
+    a = frame.app
+    rev = a.get("revision", "")
+    which = " = the commit" if rev and rev == frame.app_target else " = not yet the commit"
+    return [
+        Text.assemble(
+            ("Argo CD ", "bold"),
+            (f"Application argocd/{NAME}", "bold cyan"),
+            f"   sync {a.get('sync') or '-'} ({rev[:7] or '-'}{which})   health ",
+            (a.get("health") or "-", APP_HEALTH_STYLE.get(a.get("health", ""), "")),
+            (f"  {a['message']}", "dim") if a.get("message") else "",
+        )
+    ]
 
 
 def _canary_lines(frame: Frame) -> list[Text]:
@@ -346,6 +388,7 @@ class LineView:
         self._next_counters = 0.0
         self._canary: dict[str, Any] = {}  # last printed step / analysis / Degraded line
         self._windows: set[tuple[str, str]] = set()  # (time, node) of windows printed
+        self._app = ""  # last printed Application line
 
     def update(self, frame: Frame) -> None:
         ts = f"[+{frame.elapsed:5.1f}s]"
@@ -375,6 +418,11 @@ class LineView:
                     f"{ts} {n.name} {n.version or '-':<6} {n.phase or '-':<15}"
                     f" socket[{socket}] cr[{cr}] {n.message}"
                 )
+        if frame.app:
+            text = f"Application {app_text(frame.app, frame.app_target)}"
+            if text != self._app:
+                self._app = text
+                self.out.raw(f"{ts} {text}")
         self._canary_update(frame, ts)
         if frame.elapsed >= self._next_counters or frame.done:
             self._next_counters = frame.elapsed + self.COUNTER_EVERY
