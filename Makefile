@@ -47,7 +47,7 @@ unit: venv
 	$(BIN)/pytest -q tests/unit
 
 test: setup argocd lint
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider -n 2 --dist loadfile
 
 cluster: setup
 	@$(BIN)/python -m wso2_sandbox.controlplane up --dir $(SANDBOX)/cluster --kubeconfig $(SANDBOX)/kubeconfig

@@ -10,7 +10,7 @@ from wso2_sandbox.fleet import FleetConfig
 from wso2_sandbox.load import LoadConfig
 
 FROM_VERSION, TO_VERSION = "1.0.0", "2.0.0"
-RUN_KINDS = ("operator", "seed", "seed-delay0", "operator-analysis")
+RUN_KINDS = ("operator", "seed", "seed-delay0", "operator-analysis", "operator-ansible")
 DEFAULT_RUNS = ("operator", "seed", "seed-delay0")
 
 # The operator-analysis run's spec.update (issue 17's check): one canary node, a timed pause, and
@@ -19,6 +19,28 @@ ANALYSIS_UPDATE: dict[str, Any] = {
     "failurePolicy": "Rollback",
     "steps": [{"nodes": 1}, {"pause": {"durationSeconds": 60}}],
     "analysis": {"intervalSeconds": 5, "minRequests": 20, "failureLimit": 2, "successWindows": 3},
+}
+
+# The operator-ansible run's spec.provision (issue 10's check): the seed's own role
+# (bench/seed/roles, packed into this ConfigMap by bench.runs) through ansible-runner, with the
+# seed play's settings (become, fact gathering on) and its inventory vars.
+ANSIBLE_CONFIGMAP = "wso2ei-play"
+ANSIBLE_PROVISION: dict[str, Any] = {
+    "versionCommand": "wso2ctl version",
+    "ansible": {
+        "source": {"configMap": {"name": ANSIBLE_CONFIGMAP}},
+        "role": "wso2ei",
+        "versionVariable": "wso2_target_version",
+        "become": True,
+        "groups": ["wso2ei"],
+        "groupVars": {
+            "wso2ei_lb_server": "{{ inventory_hostname }}",  # inventory name = node name
+            "wso2ei_lb_backend": "PRD_wso2ei",
+            # Every fleet host is this machine: as bench/seed/ansible.cfg, name the interpreter.
+            "ansible_python_interpreter": "/usr/bin/python3",
+        },
+        "timeoutSeconds": 120,
+    },
 }
 
 
@@ -78,6 +100,9 @@ PROFILES: dict[str, Profile] = {
             runs=("seed", "operator", "operator-analysis"),
             observe_seconds=90.0,
         ),
+        # Issue 10: the seed's role through provision.ansible, next to the operator with
+        # provision.commands and the seed's play; the default profile's fleet and load.
+        Profile("ansible", runs=("operator", "operator-ansible", "seed")),
     )
 }
 DEFAULT_PROFILES = ("default", "slow-ready", "long-requests")

@@ -47,8 +47,8 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def fmt_seconds(v: float | None, unit: str = " s") -> str:
-    return "—" if v is None else f"{v:.1f}{unit}"
+def fmt_seconds(v: float | None, unit: str = " s", digits: int = 1) -> str:
+    return "—" if v is None else f"{v:.{digits}f}{unit}"
 
 
 def table(results: Sequence[RunResult]) -> str:
@@ -172,6 +172,87 @@ def bad_release_table(results: Sequence[RunResult]) -> str:
     return "\n".join(lines)
 
 
+def provision_per_node(r: RunResult) -> float | None:
+    """Seconds a node spent provisioning: the operator's Provision step (its histogram), or for
+    the seed its fact gathering and the role's tasks (profile_tasks, summed over the serial
+    batches), as operator-ansible's Provision step also gathers facts; / nodes."""
+    n = len(r.nodes) or None
+    if not n:
+        return None
+    if m := r.extra.get("operator_metrics"):
+        v = m.get("node_step:Provision:ok")
+        return v["sum"] / n if v else None
+    tasks = [
+        s
+        for name, s in r.extra.get("ansible_tasks") or []
+        if name == "Gathering Facts" or name.startswith("wso2ei : ")
+    ]
+    return sum(tasks) / n if tasks else None
+
+
+def _load(r: RunResult) -> str:
+    return f"{r.extra.get('loadavg_1m_before', '?')}→{r.extra.get('loadavg_1m_after', '?')}"
+
+
+def ansible_table(results: Sequence[RunResult]) -> str:
+    """Per profile with an operator-ansible run: it next to operator and seed (same bench)."""
+    profiles = [r.profile for r in results if r.name == "operator-ansible"]
+    if not profiles:
+        return ""
+    lines = [
+        "| profile | run | rollout wall time | requests total/failed | provision per node "
+        "| operator-ansible rollout ÷ this | load avg before→after |",
+        "|" + "---|" * 7,
+    ]
+    for p in profiles:
+        runs = {r.name: r for r in results if r.profile == p}
+        ans = runs["operator-ansible"]
+        for name in ("operator", "operator-ansible", "seed"):
+            r = runs.get(name)
+            if r is None:
+                continue
+            ratio = "—"
+            if r is not ans and r.rollout_seconds and ans.rollout_seconds:
+                ratio = f"{ans.rollout_seconds / r.rollout_seconds:.2f}x"
+            lines.append(
+                f"| {p} | {name} | {fmt_seconds(r.rollout_seconds)} "
+                f"| {r.requests_total}/{r.requests_failed} "
+                f"| {fmt_seconds(provision_per_node(r), unit=' s', digits=2)} | {ratio} "
+                f"| {_load(r)} |"
+            )
+    return "\n".join(lines)
+
+
+def _ansible_targets(results: Sequence[RunResult]) -> list[str]:
+    """Issue 10's bench check: the seed's role through provision.ansible, same fleet and load."""
+    out = []
+    for r in results:
+        if r.name != "operator-ansible" or r.extra.get("bad_release"):
+            continue
+        ok = r.requests_failed == 0 and r.error is None
+        out.append(
+            f"[{'met' if ok else 'MISSED'}] operator-ansible, {r.profile}: "
+            f"{r.requests_failed} failed requests (target 0)"
+        )
+        same = {o.name: o for o in results if o.profile == r.profile}
+        op, seed = same.get("operator"), same.get("seed")
+        mine, theirs = provision_per_node(r), op and provision_per_node(op)
+        if mine is not None and theirs is not None:
+            out.append(
+                f"[info] operator-ansible, {r.profile}: the runner costs "
+                f"{mine - theirs:+.2f} s a node (Provision step {mine:.2f} s through "
+                f"ansible-runner vs {theirs:.2f} s as provision.commands)"
+            )
+        for o in (op, seed):
+            if o and o.rollout_seconds and r.rollout_seconds:
+                out.append(
+                    f"[info] operator-ansible, {r.profile}: rollout {r.rollout_seconds:.1f} s = "
+                    f"{r.rollout_seconds / o.rollout_seconds:.2f}x {o.name}'s "
+                    f"{o.rollout_seconds:.1f} s (load {_load(r)} vs {_load(o)})"
+                )
+    return out
+
+
 def _bad_release_targets(results: Sequence[RunResult]) -> list[str]:
     """Issue 17's check, for each operator-analysis run, against the other runs of its bench."""
     out = []
@@ -228,7 +309,7 @@ def _bad_release_targets(results: Sequence[RunResult]) -> list[str]:
 
 def targets(results: Sequence[RunResult]) -> list[str]:
     """The issue's targets, checked honestly (reported, never asserted)."""
-    out = _bad_release_targets(results)
+    out = _bad_release_targets(results) + _ansible_targets(results)
     # A faulty profile fails requests by design: the zero-downtime targets are not its question.
     ops = [r for r in results if r.name == "operator" and not r.extra.get("bad_release")]
     for r in ops:
@@ -262,6 +343,15 @@ def print_report(results: Sequence[RunResult], machine: dict[str, Any]) -> None:
         print("bad release (t0 = the version change; first bad answer → the node is DRAIN/MAINT):")
         print(bad)
         print()
+    ans = ansible_table(results)
+    if ans:
+        print(
+            "provision.ansible (the seed's role through ansible-runner) next to commands and "
+            "the seed's play\n(provision per node: the operator's Provision step; the seed's "
+            "role tasks):"
+        )
+        print(ans)
+        print()
     steps = operator_steps(results)
     if steps:
         print("operator step time (its own histograms, total / count):")
@@ -275,11 +365,7 @@ def print_report(results: Sequence[RunResult], machine: dict[str, Any]) -> None:
             f"{r.name}/{r.profile} {r.extra.get('gather_facts_seconds', 0):.1f}s" for r in seeds
         )
         print(f"gather_facts cost (sum over the 3 serial batches): {facts}")
-    loads = ", ".join(
-        f"{r.name}/{r.profile} {r.extra.get('loadavg_1m_before', '?')}"
-        f"→{r.extra.get('loadavg_1m_after', '?')}"
-        for r in results
-    )
+    loads = ", ".join(f"{r.name}/{r.profile} {_load(r)}" for r in results)
     print(f"1-min load average before→after each run (nproc {machine.get('nproc')}): {loads}")
     print(
         f"\nmachine: {machine.get('nproc')} x {machine.get('model_name')}, "

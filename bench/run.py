@@ -3,6 +3,7 @@
     python -m bench.run                     # 3 profiles x (operator, seed, seed-delay0)
     python -m bench.run --profiles default --runs operator,seed
     python -m bench.run --profiles bad-release   # seed, operator, operator-analysis
+    python -m bench.run --profiles ansible       # operator, operator-ansible, seed
 
 Every run gets a fresh local fleet (3 sshd "VM" nodes, 2 HAProxy LBs; wso2_sandbox.fleet) under the
 same constant load (wso2_sandbox.load) and makes the same change, 1.0.0 -> 2.0.0:
@@ -13,7 +14,10 @@ same constant load (wso2_sandbox.load) and makes the same change, 1.0.0 -> 2.0.0
   community.general.haproxy disabled/enabled with wait, wait_for port 8243 with delay 20);
 - seed-delay0: the same play with the wait_for delay set to 0;
 - operator-analysis: the operator with canary steps, analysis and failurePolicy Rollback
-  (profiles.ANALYSIS_UPDATE), for the bad-release profile, whose 2.0.0 fails 10 % of requests.
+  (profiles.ANALYSIS_UPDATE), for the bad-release profile, whose 2.0.0 fails 10 % of requests;
+- operator-ansible: the operator with spec.provision.ansible running the seed's own role
+  (bench/seed/roles) from a ConfigMap through ansible-runner (profiles.ANSIBLE_PROVISION), for
+  the ansible profile.
 
 A sampler reads `show stat` on both LBs' admin sockets every 100 ms for the whole run; it is the
 ground truth for "out of rotation" (a node not UP on at least one LB), for when the rollout ended
@@ -47,6 +51,7 @@ from bench.kube import Kube
 from bench.paths import ANSIBLE_PLAYBOOK, RESULTS_DIR
 from bench.profiles import (
     ANALYSIS_UPDATE,
+    ANSIBLE_PROVISION,
     DEFAULT_PROFILES,
     PROFILES,
     RUN_KINDS,
@@ -117,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     chosen = _parse_list(a.runs, RUN_KINDS, "run") if a.runs else None
     plan = [(p, r) for p in profiles for r in (chosen or PROFILES[p].runs)]
     runs = {r for _, r in plan}
-    if any(r.startswith("seed") for r in runs) and not Path(ANSIBLE_PLAYBOOK).exists():
+    needs_ansible = any(r.startswith("seed") or r == "operator-ansible" for r in runs)
+    if needs_ansible and not Path(ANSIBLE_PLAYBOOK).exists():
         raise SystemExit(f"{ANSIBLE_PLAYBOOK} missing: pip install -e '.[bench]'")
 
     started = time.time()
@@ -159,8 +165,15 @@ def main(argv: list[str] | None = None) -> int:
                 with Fleet(profile.fleet_config()) as fleet:
                     if run.startswith("operator"):
                         assert kube is not None
-                        update = ANALYSIS_UPDATE if run == "operator-analysis" else None
-                        r = run_operator(kube, fleet, profile, opts, name=run, update=update)
+                        r = run_operator(
+                            kube,
+                            fleet,
+                            profile,
+                            opts,
+                            name=run,
+                            update=ANALYSIS_UPDATE if run == "operator-analysis" else None,
+                            provision=ANSIBLE_PROVISION if run == "operator-ansible" else None,
+                        )
                     else:
                         delay = 0 if run == "seed-delay0" else 20
                         r = run_seed(fleet, profile, opts, delay=delay, name=run)

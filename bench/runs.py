@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import io
 import os
 import re
 import signal
 import subprocess
+import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
@@ -16,7 +19,14 @@ from typing import Any
 from bench.analysis import CHECK_INTERVAL, finish_run, first_event
 from bench.kube import CLUSTER_NAME, Kube, OperatorProcess, cluster_done, rolled_back
 from bench.paths import ANSIBLE_PLAYBOOK, REPO, SEED_DIR
-from bench.profiles import FROM_VERSION, TO_VERSION, Profile, RunOptions, RunResult
+from bench.profiles import (
+    ANSIBLE_CONFIGMAP,
+    FROM_VERSION,
+    TO_VERSION,
+    Profile,
+    RunOptions,
+    RunResult,
+)
 from bench.sampling import LBSampler, all_serving
 from wso2_sandbox.fleet import Fleet
 from wso2_sandbox.load import LoadGenerator, LoadThread, targets_from_fleet
@@ -56,6 +66,19 @@ def _log_dir(log_dir: Path | None, opts: RunOptions, prefix: str) -> Path:
     return log_dir
 
 
+def seed_role_configmap(namespace: str) -> dict[str, Any]:
+    """The seed's roles/ as a tar.gz in a ConfigMap, the content of profiles.ANSIBLE_PROVISION."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        tf.add(SEED_DIR / "roles", arcname="roles")
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": ANSIBLE_CONFIGMAP, "namespace": namespace},
+        "binaryData": {"roles.tar.gz": base64.b64encode(buf.getvalue()).decode()},
+    }
+
+
 def run_operator(
     kube: Kube,
     fleet: Fleet,
@@ -65,11 +88,14 @@ def run_operator(
     name: str = "operator",
     log_dir: Path | None = None,
     update: dict[str, Any] | None = None,
+    provision: dict[str, Any] | None = None,
 ) -> RunResult:
     """The operator rolls `fleet` from 1.0.0 to 2.0.0 under load. `fleet` must be started.
 
-    `update` goes into spec.update (e.g. profiles.ANALYSIS_UPDATE). The run ends when the cluster
-    is Ready at 2.0.0, or rolled back to 1.0.0 (a failed analysis with failurePolicy Rollback).
+    `update` goes into spec.update (e.g. profiles.ANALYSIS_UPDATE). `provision` replaces
+    spec.provision (profiles.ANSIBLE_PROVISION: the seed's role, whose ConfigMap is applied too).
+    The run ends when the cluster is Ready at 2.0.0, or rolled back to 1.0.0 (a failed analysis
+    with failurePolicy Rollback).
     """
     opts = opts or RunOptions()
     log_dir = _log_dir(log_dir, opts, "bench-op-")
@@ -78,12 +104,16 @@ def run_operator(
     result.extra["namespace"] = ns
     if update:
         result.extra["update"] = update
-    kube.apply(
-        fleet_manifests(
-            fleet.description, name=CLUSTER_NAME, namespace=ns, version=FROM_VERSION, update=update
-        ),
-        ns,
+    docs = fleet_manifests(
+        fleet.description, name=CLUSTER_NAME, namespace=ns, version=FROM_VERSION, update=update
     )
+    if provision:
+        result.extra["provision"] = provision
+        for doc in docs:
+            if doc["kind"] == "WSO2Cluster":
+                doc["spec"]["provision"] = provision
+        docs.insert(0, seed_role_configmap(ns))
+    kube.apply(docs, ns)
     op = OperatorProcess(
         kube.kubeconfig,
         ns,
@@ -116,6 +146,11 @@ def run_operator(
             )
             if analysis := (obj.get("status") or {}).get("analysis"):
                 result.extra["analysis"] = analysis
+            # Which content the nodes ran (provision.ansible): configmap:NAME@VERSION:sha256:...
+            if rev := (((obj.get("status") or {}).get("history") or [{}])[-1]).get(
+                "provisionRevision"
+            ):
+                result.extra["provision_revision"] = rev
             n = len(fleet.lbs)
             sampler.wait(lambda s: all_serving(s, n), 30, after=t_done)
             _observe(t0, profile, opts)

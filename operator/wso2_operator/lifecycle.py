@@ -93,7 +93,9 @@ class ApiserverWatch:
         cfg.retries = False  # one probe is one attempt: urllib3 would log each of its retries
         api = kubernetes.client.VersionApi(kubernetes.client.ApiClient(cfg))
         server = api.api_client.configuration.host
-        last_ok = time.monotonic()
+        # Counted from the first probe that failed, not the last that answered (up to a period
+        # earlier): the API has really been silent for the whole limit when the operator stops.
+        down_since: float | None = None
         warned = False
         while True:
             why = await asyncio.to_thread(self._probe, api)
@@ -101,8 +103,12 @@ class ApiserverWatch:
             if why is None:
                 if warned:
                     log.warning("the Kubernetes API at %s answers again", server)
-                last_ok, warned = now, False
-            elif now - last_ok >= self.limit:
+                down_since, warned = None, False
+                await asyncio.sleep(self.period)
+                continue
+            if down_since is None:
+                down_since = now
+            if now - down_since >= self.limit:
                 self.message = (
                     f"the Kubernetes API at {server} has not answered for {self.limit:g}s "
                     f"({why}); the operator stops"

@@ -168,9 +168,18 @@ def build_frame(
         generation=(obj.get("metadata") or {}).get("generation"),
         observed=st.get("observedGeneration"),
         degraded=condition(obj, "Degraded"),
-        step_message=(st.get("rollout") or {}).get("stepMessage") or "",
+        step_message=_step_line(st.get("rollout") or {}),
         analysis=st.get("analysis") or {},
     )
+
+
+def _step_line(rollout: dict[str, Any]) -> str:
+    """ "step 2/3: paused for 60s": status keeps the index and the message apart."""
+    message = rollout.get("stepMessage") or ""
+    index, count = rollout.get("stepIndex"), rollout.get("stepCount")
+    if message and isinstance(index, int) and isinstance(count, int):
+        return f"step {index + 1}/{count}: {message}"
+    return message
 
 
 WINDOWS_SHOWN = 6  # the newest analysis windows on the live screen

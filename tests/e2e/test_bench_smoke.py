@@ -5,7 +5,9 @@ constant load through both LBs, 100 ms LB sampler, version patch) with fast node
 small load, and checks correctness only: no failed request, never more than one node out of
 rotation, every node at 2.0.0. Speed is the benchmark's business, never asserted here. The
 bad-release profile's operator-analysis run is checked the same way: its figures are computed and
-say what the run did (one node served the bad build, it was taken out, all back on 1.0.0).
+say what the run did (one node served the bad build, it was taken out, all back on 1.0.0). The
+ansible profile's operator-ansible run (the seed's role through provision.ansible) is checked like
+the operator run, plus that the nodes ran the ConfigMap's content.
 """
 
 from __future__ import annotations
@@ -17,7 +19,16 @@ from pathlib import Path
 import pytest
 
 from bench.kube import Kube as BenchKube
-from bench.profiles import ANALYSIS_UPDATE, FROM_VERSION, PROFILES, TO_VERSION, Profile, RunOptions
+from bench.profiles import (
+    ANALYSIS_UPDATE,
+    ANSIBLE_CONFIGMAP,
+    ANSIBLE_PROVISION,
+    FROM_VERSION,
+    PROFILES,
+    TO_VERSION,
+    Profile,
+    RunOptions,
+)
 from bench.runs import run_operator
 from tests.conftest import Kube
 from wso2_sandbox.fleet import Fleet
@@ -76,6 +87,25 @@ def test_operator_rollout_under_load_fails_no_request(
     assert result.max_nodes_out == 1, f"max nodes out of rotation {result.max_nodes_out}; {detail}"
     assert result.versions == {n.name: "2.0.0" for n in smoke_fleet.nodes}
     assert result.rollout_seconds is not None, "the last node never came back UP on both LBs"
+
+
+@pytest.mark.timeout(180)
+def test_operator_ansible_run_fails_no_request(
+    bench_kube: BenchKube, smoke_fleet: Fleet, tmp_path: Path
+) -> None:
+    opts = RunOptions(warmup=1.5, tail=0.5, rollout_timeout=120.0, artifacts=tmp_path / "run")
+    result = run_operator(
+        bench_kube, smoke_fleet, SMOKE, opts, name="operator-ansible", provision=ANSIBLE_PROVISION
+    )
+
+    detail = f"see {tmp_path / 'run'} (records, LB samples, operator.log)"
+    assert result.error is None, f"{result.error}; {detail}"
+    assert result.extra.get("provision_revision", "").startswith(f"configmap:{ANSIBLE_CONFIGMAP}@")
+    assert result.requests_failed == 0, f"failures {result.load['failures']}; {detail}"
+    assert result.max_nodes_out == 1, f"max nodes out of rotation {result.max_nodes_out}; {detail}"
+    assert result.versions == {n.name: TO_VERSION for n in smoke_fleet.nodes}
+    assert result.rollout_seconds is not None, "the last node never came back UP on both LBs"
+    assert result.extra["operator_metrics"].get("node_step:Provision:ok"), detail
 
 
 @pytest.mark.timeout(180)
