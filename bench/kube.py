@@ -47,9 +47,18 @@ class Kube:
 
     def install_crd(self) -> None:
         self.kubectl("apply", "-f", str(CRD))
-        self.kubectl(
-            "wait", "--for=condition=Established", f"crd/{PLURAL}.{GROUP}", "--timeout=60s"
-        )
+        # `kubectl wait` fails at once while a new CRD has no conditions yet: retried.
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                self.kubectl(
+                    "wait", "--for=condition=Established", f"crd/{PLURAL}.{GROUP}", "--timeout=30s"
+                )
+                return
+            except RuntimeError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     def new_namespace(self, prefix: str) -> str:
         name = f"{prefix}-{uuid.uuid4().hex[:6]}"

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +94,19 @@ class Kube:
         if proc.returncode:
             raise DemoError(f"kubectl {' '.join(args)}: {proc.stderr.strip() or proc.stdout}")
         return proc.stdout
+
+    def wait_established(self, crd: str, timeout: float = 60) -> None:
+        """`kubectl wait` fails at once (rather than waiting) while a new CRD has no conditions
+        yet ("accessor error: <nil>"), so it is retried until the deadline."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.kubectl("wait", "--for=condition=Established", crd, "--timeout=30s")
+                return
+            except DemoError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     def get_cluster(self) -> dict[str, Any]:
         return self._custom.get_namespaced_custom_object(

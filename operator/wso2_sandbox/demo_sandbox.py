@@ -264,9 +264,7 @@ class Sandbox:
         if self.scenario.gitops:
             return  # Argo CD installs the CRD from Git, in its sync wave
         self.kube.kubectl("apply", "-f", str(CRD))
-        self.kube.kubectl(
-            "wait", "--for=condition=Established", f"crd/{PLURAL}.{GROUP}", "--timeout=60s"
-        )
+        self.kube.wait_established(f"crd/{PLURAL}.{GROUP}")
         self.out.step("CRD wso2clusters.vmops.dev installed and Established")
 
     def start_fleet(self) -> None:
