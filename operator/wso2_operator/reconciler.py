@@ -31,6 +31,7 @@ from .errors import (
 )
 from .hooks import PlayDriving, after_hook_due, retry_resets
 from .kube import KubeAdapter, SecretProblem, event
+from .maintenance import MaintenanceRollouts, describe, maintenance_done
 from .model import (
     IN_FLIGHT,
     RETARGETABLE,
@@ -51,6 +52,7 @@ from .planner import (
     step_deadline,
 )
 from .progressive import analysis_from_status, seen_tokens
+from .revision import Kind, Revision
 from .status import (
     SetupProblem,
     append_history,
@@ -90,7 +92,7 @@ class Settings:
         return 2 * self.observe_period + 15
 
 
-class ClusterReconciler(CanaryDriving, PlayDriving):
+class ClusterReconciler(CanaryDriving, PlayDriving, MaintenanceRollouts):
     def __init__(
         self,
         *,
@@ -342,6 +344,7 @@ class ClusterReconciler(CanaryDriving, PlayDriving):
                 break
         self._track_rollout(spec, now)
         self._detect_drift(spec, previous)
+        self._detect_revision_drift(spec, previous)
         self.custody.release_departed(extra)
         self.progress = self.custody.audit(spec, self.observed, self.progress)
         promote = await self._steer(spec, adapters)
@@ -387,13 +390,15 @@ class ClusterReconciler(CanaryDriving, PlayDriving):
                 previous_version=b.previous_version,
                 since=now,
                 start=now,
-                message=f"{b.node}: starting update to {b.target}",
+                message=f"{b.node}: starting {describe(b.kind, b.target)}",
+                kind=b.kind,
+                revision=b.revision,
             )
             self.custody.owned.add(b.node)
             event(
                 self.body,
                 "NodeUpdateStarted",
-                f"{b.node}: updating {b.previous_version} -> {b.target}",
+                f"{b.node}: {describe(b.kind, b.target, b.previous_version)}",
             )
         # Written before any node task starts: a conflicting write (another operator) stops
         # here, before the begun nodes are touched.
@@ -440,6 +445,30 @@ class ClusterReconciler(CanaryDriving, PlayDriving):
             msg = (
                 f"DriftDetected: {n} runs {v} but ran {before} (changed outside the "
                 f"operator); it will be brought to {target}"
+            )
+            self.progress[n] = p.to(Phase.OUTDATED, time.time(), msg)
+            event(self.body, "DriftDetected", msg, warning=True)
+
+    def _detect_revision_drift(
+        self, spec: ClusterSpec, previous: Mapping[str, NodeObservation]
+    ) -> None:
+        """A node's recorded configRevision (or restart/patch token) changed while the operator
+        was not acting on it: someone changed the node by hand. The planner rolls it again."""
+        for n in spec.node_names:
+            p = self.progress.get(n, NodeProgress())
+            before = previous.get(n, NodeObservation()).revision
+            now_rev = self.observed.get(n, NodeObservation()).revision
+            if p.phase in IN_FLIGHT or p.phase == Phase.FAILED or n in self.tasks:
+                continue
+            if before is None or now_rev is None or now_rev == before:
+                continue
+            stale = now_rev.stale(spec.revision)
+            if not stale or not before.covers(spec.revision):
+                continue
+            shown = ", ".join(f"{c} {getattr(now_rev, c) or '(none)'}" for c in stale)
+            msg = (
+                f"DriftDetected: {n} records {shown} (changed outside the operator); it will be "
+                f"brought to {', '.join(f'{c} {getattr(spec.revision, c)}' for c in stale)}"
             )
             self.progress[n] = p.to(Phase.OUTDATED, time.time(), msg)
             event(self.body, "DriftDetected", msg, warning=True)
@@ -506,7 +535,13 @@ class ClusterReconciler(CanaryDriving, PlayDriving):
                 **retry_resets(r),
             )
             self.analysis.reset()
-        if r.to_version != spec.version:
+        new_version = r.to_version != spec.version
+        if not new_version and (r.to_revision or Revision()) != spec.revision:
+            # Same version, new configRevision/restartedAt/patchedAt: a maintenance rollout.
+            self.rollout = r
+            self._start_maintenance(spec, now)
+            return
+        if new_version:
             if r.to_version is not None and not r.finished:
                 self.history = append_history(
                     self.history,
@@ -519,6 +554,7 @@ class ClusterReconciler(CanaryDriving, PlayDriving):
             r = RolloutState(
                 from_version=from_v,
                 to_version=spec.version,
+                to_revision=spec.revision,
                 start=now,
                 retry_token=r.retry_token,
                 promote_token=r.promote_token,
@@ -533,7 +569,7 @@ class ClusterReconciler(CanaryDriving, PlayDriving):
         r = self.rollout
         if not p.complete or r.finished or r.to_version is None or after_hook_due(spec, r, p):
             return
-        if r.from_version == r.to_version and not p.rolling_back:
+        if r.from_version == r.to_version and not p.rolling_back and not r.maintenance:
             # Nothing had to change (e.g. a new CR for nodes already at the version): no history.
             self.rollout = replace(r, finished=True)
             return
@@ -541,7 +577,7 @@ class ClusterReconciler(CanaryDriving, PlayDriving):
         msg = (
             f"{r.failed_version} failed; all nodes back on {p.target}"
             if p.rolling_back
-            else f"all nodes run {p.target}"
+            else maintenance_done(r.maintenance, p.target, r.to_revision)
         )
         self.history = append_history(self.history, history_entry(r, result, now, msg))
         self.rollout = replace(r, finished=True)
@@ -600,7 +636,13 @@ class ClusterReconciler(CanaryDriving, PlayDriving):
                 # The node is still out of rotation: the safe point to switch versions.
                 phase = Phase.DRAINING if p.phase == Phase.DRAINING else Phase.PROVISIONING
                 p = self.progress[name] = p.to(
-                    phase, time.time(), f"{name}: retargeted to {target}", target=target, step=0
+                    phase,
+                    time.time(),
+                    f"{name}: retargeted to {target}",
+                    target=target,
+                    step=0,
+                    kind=Kind.PROVISION,
+                    revision=spec.revision,
                 )
                 event(self.body, "NodeRetargeted", f"{name}: now moving to {target}")
             step = node_step(name, p, spec, time.time())
