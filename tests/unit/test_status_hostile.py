@@ -574,8 +574,8 @@ def worst_case_status(node_count: int, lb_count: int, over: int = 1) -> dict:
 def test_worst_case_status_fits():
     """The CRD admits at most 100 nodes (spec.nodes maxItems) and 16 LBs (hosts maxItems).
     Measured (maintenance fields included): 1,037,755 bytes for 100 nodes and 16 LBs
-    (json.dumps, as the Kubernetes client sends it), 580,539 as UTF-8; below the 1 MiB bound, itself well below the apiserver's
-    1.5 MiB request limit."""
+    (json.dumps, as the Kubernetes client sends it), 580,539 as UTF-8; below the 1 MiB bound,
+    itself well below the apiserver's 1.5 MiB request limit."""
     st = worst_case_status(MAX_NODES, MAX_LBS)
     assert len(st["nodes"]) == MAX_NODES
     assert all(len(r["loadBalancers"]) == MAX_LBS for r in st["nodes"])
