@@ -101,8 +101,17 @@ def kube(control_plane: ControlPlane) -> Kube:
     assert control_plane.kubeconfig is not None
     k = Kube(control_plane.kubeconfig)
     k.run("apply", "-f", str(CRD))
-    k.run("wait", "--for=condition=Established", "crd/wso2clusters.vmops.dev", "--timeout=60s")
-    return k
+    # kubectl wait fails at once while a new CRD has no conditions yet (seen under load): retry,
+    # as the demo and the gitops install do.
+    deadline = time.monotonic() + 60
+    while True:
+        proc = k.run(
+            "wait", "--for=condition=Established", "crd/wso2clusters.vmops.dev", "--timeout=60s",
+            check=time.monotonic() > deadline,
+        )  # fmt: skip
+        if proc.returncode == 0:
+            return k
+        time.sleep(0.2)
 
 
 @pytest.fixture
