@@ -1,18 +1,22 @@
 """Maintenance rollouts: a restart, a config revision or an OS patch that keeps the version.
 
 The reconciler's mixin that starts such a rollout when spec.configRevision, spec.restartedAt or
-spec.patchedAt changes (see revision.py for the tokens and planner.py for the nodes it moves),
-and the words its Events and history use.
+spec.patchedAt changes (see revision.py for the tokens and planner.py for the nodes it moves) and
+reports a node whose recorded revision changed by hand (drift); and the words its Events and
+history use.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Mapping
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import metrics
 from .kube import event
-from .model import ClusterSpec, RolloutState
+from .model import IN_FLIGHT, ClusterSpec, NodeProgress, Phase, RolloutState
+from .observation import NodeObservation
 from .revision import Kind, Revision, change_label
 from .status import append_history, history_entry
 
@@ -44,8 +48,48 @@ def maintenance_done(label: str | None, target: str, revision: Revision | None =
     return _DONE[label].format(v=target, c=(revision.config if revision else "") or "-")
 
 
+def next_rollout(r: RolloutState, **fields: Any) -> RolloutState:
+    """A new rollout cursor; the steering tokens already acted on carry over, so an old
+    annotation is not taken for a new request."""
+    return RolloutState(
+        retry_token=r.retry_token,
+        promote_token=r.promote_token,
+        promote_full_token=r.promote_full_token,
+        abort_token=r.abort_token,
+        **fields,
+    )
+
+
 class MaintenanceRollouts:
     """Mixin: see the module docstring."""
+
+    def _left_alone(self: ClusterReconciler, n: str, p: NodeProgress) -> bool:
+        """Not being acted on by the operator: a change seen on it was made by someone else."""
+        return p.phase not in IN_FLIGHT and p.phase != Phase.FAILED and n not in self.tasks
+
+    def _detect_revision_drift(
+        self: ClusterReconciler, spec: ClusterSpec, previous: Mapping[str, NodeObservation]
+    ) -> None:
+        """A node's recorded configRevision (or restart/patch token) changed while the operator
+        was not acting on it: someone changed the node by hand. The planner rolls it again."""
+        for n in spec.node_names:
+            p = self.progress.get(n, NodeProgress())
+            before = previous.get(n, NodeObservation()).revision
+            now_rev = self.observed.get(n, NodeObservation()).revision
+            if not self._left_alone(n, p) or before is None or now_rev is None:
+                continue
+            stale = now_rev.stale(spec.revision)
+            # Drift only from a node that had what the spec asks: not a request still pending.
+            if now_rev == before or not stale or not before.covers(spec.revision):
+                continue
+            shown = ", ".join(f"{c} {getattr(now_rev, c) or '(none)'}" for c in stale)
+            wanted = ", ".join(f"{c} {getattr(spec.revision, c)}" for c in stale)
+            msg = (
+                f"DriftDetected: {n} records {shown} (changed outside the operator); it will be "
+                f"brought to {wanted}"
+            )
+            self.progress[n] = p.to(Phase.OUTDATED, time.time(), msg)
+            event(self.body, "DriftDetected", msg, warning=True)
 
     def _start_maintenance(self: ClusterReconciler, spec: ClusterSpec, now: float) -> None:
         r = self.rollout
@@ -61,16 +105,13 @@ class MaintenanceRollouts:
                 self.history,
                 history_entry(r, "Superseded", now, f"{label} requested"),
             )
-        self.rollout = RolloutState(
+        self.rollout = next_rollout(
+            r,
             from_version=spec.version,
             to_version=spec.version,
             to_revision=spec.revision,
             maintenance=label,
             start=now,
-            retry_token=r.retry_token,
-            promote_token=r.promote_token,
-            promote_full_token=r.promote_full_token,
-            abort_token=r.abort_token,
             hand_back_token=r.hand_back_token,
         )
         self.analysis.reset()

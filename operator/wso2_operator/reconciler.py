@@ -31,7 +31,7 @@ from .errors import (
 )
 from .hooks import PlayDriving, after_hook_due, retry_resets
 from .kube import KubeAdapter, SecretProblem, event
-from .maintenance import MaintenanceRollouts, describe, maintenance_done
+from .maintenance import MaintenanceRollouts, describe, maintenance_done, next_rollout
 from .model import (
     IN_FLIGHT,
     RETARGETABLE,
@@ -438,37 +438,13 @@ class ClusterReconciler(CanaryDriving, PlayDriving, MaintenanceRollouts):
             p = self.progress.get(n, NodeProgress())
             before = previous.get(n, NodeObservation()).version
             v = self.observed.get(n, NodeObservation()).version
-            if p.phase in IN_FLIGHT or p.phase == Phase.FAILED or n in self.tasks:
+            if not self._left_alone(n, p):
                 continue
             if before is None or v is None or v == before or v == target:
                 continue
             msg = (
                 f"DriftDetected: {n} runs {v} but ran {before} (changed outside the "
                 f"operator); it will be brought to {target}"
-            )
-            self.progress[n] = p.to(Phase.OUTDATED, time.time(), msg)
-            event(self.body, "DriftDetected", msg, warning=True)
-
-    def _detect_revision_drift(
-        self, spec: ClusterSpec, previous: Mapping[str, NodeObservation]
-    ) -> None:
-        """A node's recorded configRevision (or restart/patch token) changed while the operator
-        was not acting on it: someone changed the node by hand. The planner rolls it again."""
-        for n in spec.node_names:
-            p = self.progress.get(n, NodeProgress())
-            before = previous.get(n, NodeObservation()).revision
-            now_rev = self.observed.get(n, NodeObservation()).revision
-            if p.phase in IN_FLIGHT or p.phase == Phase.FAILED or n in self.tasks:
-                continue
-            if before is None or now_rev is None or now_rev == before:
-                continue
-            stale = now_rev.stale(spec.revision)
-            if not stale or not before.covers(spec.revision):
-                continue
-            shown = ", ".join(f"{c} {getattr(now_rev, c) or '(none)'}" for c in stale)
-            msg = (
-                f"DriftDetected: {n} records {shown} (changed outside the operator); it will be "
-                f"brought to {', '.join(f'{c} {getattr(spec.revision, c)}' for c in stale)}"
             )
             self.progress[n] = p.to(Phase.OUTDATED, time.time(), msg)
             event(self.body, "DriftDetected", msg, warning=True)
@@ -551,15 +527,12 @@ class ClusterReconciler(CanaryDriving, PlayDriving, MaintenanceRollouts):
             from_v = next((v for v in versions if v != spec.version), None) or (
                 versions[0] if versions else r.to_version
             )
-            r = RolloutState(
+            r = next_rollout(
+                r,
                 from_version=from_v,
                 to_version=spec.version,
                 to_revision=spec.revision,
                 start=now,
-                retry_token=r.retry_token,
-                promote_token=r.promote_token,
-                promote_full_token=r.promote_full_token,
-                abort_token=r.abort_token,
             )
             self.analysis.reset()
             metrics.rollout_started(self.namespace, self.name)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,6 @@ from wso2_sandbox.load import (
     LoadConfig,
     LoadGenerator,
     LoadThread,
-    RequestRecord,
     targets_from_fleet,
 )
 
@@ -29,13 +29,30 @@ pytestmark = pytest.mark.e2e
 NODES = ("node1", "node2", "node3")
 
 
-def under_load(env: Env) -> LoadThread:
-    return LoadThread(
+def under_load(
+    env: Env, act: Callable[[], object], kind: str, timeout: float = 200
+) -> tuple[dict[str, Any], LBSampler]:
+    """Start the load and the LB sampler, ``act``, wait until the maintenance rollout ``kind``
+    succeeded; then check that no request failed and at most one node was out at any time."""
+    load = LoadThread(
         LoadGenerator(
             targets_from_fleet(env.fleet.description),
             LoadConfig(rate=40, long_fraction=0.1, long_ms=(300, 1200), seed=13),
         )
     )
+    try:
+        with LBSampler(env.fleet) as sampler:
+            load.start()
+            act()
+            obj = env.wait_for(finished(kind), timeout=timeout, what=f"{kind} done")
+            records = load.stop()
+    finally:
+        load.generator.stop()
+    failed = [r for r in records if not r.ok]
+    assert records and not failed, failed[:5]
+    assert sampler.max_out() == 1
+    all_up(env)
+    return obj, sampler
 
 
 def finished(kind: str) -> Any:
@@ -60,11 +77,6 @@ def count(env: Env, node: str, event: str, since: float) -> int:
     return sum(1 for e in env.fleet.node(node).events() if e["event"] == event and e["t"] >= since)
 
 
-def no_failures(records: list[RequestRecord]) -> None:
-    failed = [r for r in records if not r.ok]
-    assert records and not failed, failed[:5]
-
-
 def all_up(env: Env) -> None:
     for lb in env.fleet.lbs:
         for name, row in lb.servers().items():
@@ -86,34 +98,13 @@ def test_rolling_restart_under_load_restarts_each_node_once(make_env):
     env.operator.start()
     env.apply_cluster("1.0.0")
     env.wait_ready()
-    load = under_load(env)
-    try:
-        with LBSampler(env.fleet) as sampler:
-            load.start()
-            t0 = time.time()
-            # As a user runs it: `kubectl w2c restart NAME` is this module.
-            subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "wso2_operator.cli",
-                    "restart",
-                    env.name,
-                    "-n",
-                    env.namespace,
-                ],
-                check=True,
-                env=env.kube.env,
-                timeout=60,
-            )
-            obj = env.wait_for(finished("Restart"), timeout=200, what="the restart done")
-            records = load.stop()
-    finally:
-        load.generator.stop()
-    no_failures(records)
-    assert sampler.max_out() == 1
+    t0 = time.time()
+    # As a user runs it: `kubectl w2c restart NAME` is this module.
+    restart = [sys.executable, "-m", "wso2_operator.cli", "restart", env.name, "-n", env.namespace]
+    obj, sampler = under_load(
+        env, lambda: subprocess.run(restart, check=True, env=env.kube.env, timeout=60), "Restart"
+    )
     assert sampler.ever_out() == set(NODES)
-    all_up(env)
     token = obj["spec"]["restartedAt"]
     for n in NODES:
         assert count(env, n, "stop", t0) == 1, n  # restarted exactly once
@@ -136,18 +127,8 @@ def test_config_revision_rolls_every_node_and_drift_is_corrected(make_env):
     env.operator.start()
     env.apply_cluster("1.0.0")
     env.wait_ready()
-    load = under_load(env)
-    try:
-        with LBSampler(env.fleet) as sampler:
-            load.start()
-            t0 = time.time()
-            env.patch_spec({"configRevision": "cfg-2"})
-            obj = env.wait_for(finished("ConfigRevision"), timeout=200, what="cfg-2 everywhere")
-            records = load.stop()
-    finally:
-        load.generator.stop()
-    no_failures(records)
-    assert sampler.max_out() == 1
+    t0 = time.time()
+    obj, _ = under_load(env, lambda: env.patch_spec({"configRevision": "cfg-2"}), "ConfigRevision")
     for n in NODES:
         assert rows(obj)[n]["revision"] == {"config": "cfg-2"}
         assert rows(obj)[n]["phase"] == "Current"
@@ -193,27 +174,19 @@ def test_os_patch_reboots_each_node_once_across_a_kill_nine_while_one_is_down(ma
     env.wait_ready()
     boots = {n: env.fleet.node(n).boot_id() for n in NODES}
     node2 = env.fleet.node("node2")
-    load = under_load(env)
-    try:
-        with LBSampler(env.fleet) as sampler:
-            load.start()
-            env.patch_spec({"patchedAt": "2026-12-01T00:00:00Z"})
-            # node2 is down (its sshd is gone): the operator dies while it waits for it.
-            deadline = time.monotonic() + 150
-            while not any(e["event"] == "reboot" for e in node2.events()):
-                assert time.monotonic() < deadline, "node2 never rebooted"
-                time.sleep(0.05)
-            assert not node2.boot_ids(), "the kill must land while node2 is down"
-            env.operator.kill9()
-            time.sleep(1)
-            env.operator.start()
-            obj = env.wait_for(finished("OSPatch"), timeout=300, what="every node patched")
-            records = load.stop()
-    finally:
-        load.generator.stop()
-    no_failures(records)
-    assert sampler.max_out() == 1
-    all_up(env)
+
+    def patch_and_kill_while_node2_is_down() -> None:
+        env.patch_spec({"patchedAt": "2026-12-01T00:00:00Z"})
+        deadline = time.monotonic() + 150
+        while not any(e["event"] == "reboot" for e in node2.events()):
+            assert time.monotonic() < deadline, "node2 never rebooted"
+            time.sleep(0.05)
+        assert not node2.boot_ids(), "the kill must land while node2 is down"
+        env.operator.kill9()
+        time.sleep(1)
+        env.operator.start()
+
+    obj, _ = under_load(env, patch_and_kill_while_node2_is_down, "OSPatch", timeout=300)
     for n in NODES:
         node = env.fleet.node(n)
         assert len(node.boot_ids()) == 1, (n, node.boot_ids())  # rebooted exactly once

@@ -9,7 +9,13 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.unit.test_planner_properties import NEW, OLD, make_spec, unavailable_before, worlds
+from tests.unit.test_planner_properties import (
+    NEW,
+    OLD,
+    assert_within_budget,
+    make_spec,
+    worlds,
+)
 from wso2_operator.model import IN_FLIGHT, ClusterSpec, NodeProgress, Phase, RolloutState
 from wso2_operator.planner import StepKind, effective_target, node_step, plan
 from wso2_operator.reboot import Move, Probe, next_move, parse_probe
@@ -48,15 +54,7 @@ def maintenance_worlds(draw):
 @given(maintenance_worlds())
 def test_never_more_than_max_unavailable_out_with_mixed_maintenance(world):
     spec, observed, progress, rollout = world
-    p = plan(spec, observed, progress, rollout)
-    before = unavailable_before(spec, observed, progress)
-    after = before | {b.node for b in p.begin}
-    if any(b.node not in before for b in p.begin):
-        assert len(after) <= spec.max_unavailable
-    assert len(after) <= max(spec.max_unavailable, len(before))
-    flying = {n for n in spec.node_names if progress[n].phase in IN_FLIGHT}
-    if p.begin:
-        assert len(flying | {b.node for b in p.begin}) <= spec.max_unavailable
+    assert_within_budget(spec, observed, progress, plan(spec, observed, progress, rollout))
 
 
 @settings(max_examples=500, deadline=None)
