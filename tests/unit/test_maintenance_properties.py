@@ -16,8 +16,19 @@ from tests.unit.test_planner_properties import (
     make_spec,
     worlds,
 )
-from wso2_operator.model import IN_FLIGHT, ClusterSpec, NodeProgress, Phase, RolloutState
-from wso2_operator.planner import StepKind, effective_target, node_step, plan
+from wso2_operator.hooks import after_hook_due
+from wso2_operator.model import (
+    IN_FLIGHT,
+    CanaryStep,
+    ClusterSpec,
+    HookSpec,
+    NodeProgress,
+    Phase,
+    RolloutState,
+)
+from wso2_operator.observation import NodeObservation
+from wso2_operator.planner import Plan, StepKind, effective_target, node_step, plan
+from wso2_operator.progressive import AnalysisState, gate
 from wso2_operator.reboot import Move, Probe, next_move, parse_probe
 from wso2_operator.revision import (
     Kind,
@@ -205,3 +216,30 @@ def test_spec_parsing_defaults():
     assert spec.revision == Revision(restart="t1")
     assert spec.maintenance.restart_commands == ("wso2ctl stop", "wso2ctl start")
     assert spec.step_count(Kind.REBOOT) == 0
+
+
+def test_canary_steps_count_nodes_on_the_new_revision():
+    """A rolling restart under spec.update.steps [{nodes: 1}, {pause: {}}]: one node may begin;
+    once it is restarted and serving the pause holds the other two."""
+    steps = (CanaryStep(nodes=1), CanaryStep(pause=True))
+    spec = replace(make_spec(3, 1), canary_steps=steps, revision=Revision(restart="t2"))
+    r = RolloutState(from_version=NEW, to_version=NEW, to_revision=spec.revision)
+    up = {"lb1": "UP", "lb2": "UP"}
+    old = NodeObservation(version=NEW, healthy=True, lb=up, revision=Revision(restart="t1"))
+    observed = {n: old for n in spec.node_names}
+    first = gate(spec, r, observed, {}, AnalysisState(), NEW, 0.0, False)
+    assert first.room == 1 and not first.holding
+    observed["node1"] = replace(old, revision=Revision(restart="t2"))
+    second = gate(spec, r, observed, {}, AnalysisState(), NEW, 0.0, False)
+    assert second.holding and second.room == 0
+    p = plan(spec, observed, {}, r, room=second.room)
+    assert not p.begin and not p.complete
+
+
+def test_after_rollout_hook_runs_after_a_maintenance_rollout():
+    spec = replace(make_spec(3, 1), after_rollout=HookSpec(host="node1", commands=("true",)))
+    done = Plan(target=NEW, complete=True)
+    upgrade_of_nothing = RolloutState(from_version=NEW, to_version=NEW)
+    assert not after_hook_due(spec, upgrade_of_nothing, done)
+    restart = replace(upgrade_of_nothing, maintenance="Restart")
+    assert after_hook_due(spec, restart, done)
