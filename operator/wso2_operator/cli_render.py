@@ -289,7 +289,13 @@ def node_rows(obj: Mapping[str, Any], now: float) -> tuple[list[str], list[list[
     lbs = lb_names(obj)
     commands = len(_seq(_map(_map(obj.get("spec")).get("provision")).get("commands")))
     verdicts = analysis_by_node(obj)
-    header = ["NODE", "VERSION", "PHASE", *[clip(n, 32).upper() for n in lbs], "HEALTHY"]
+    revisions = {
+        _map(n).get("name"): revision_text(_map(n).get("revision"))
+        for n in _seq(status_of(obj).get("nodes"))
+    }
+    with_revision = any(revisions.values())  # only for clusters that use maintenance tokens
+    header = ["NODE", "VERSION", *(["REVISION"] if with_revision else [])]
+    header += ["PHASE", *[clip(n, 32).upper() for n in lbs], "HEALTHY"]
     if verdicts:
         header.append("ANALYSIS(G/B/I)")
     header += ["SINCE", "MESSAGE"]
@@ -300,6 +306,7 @@ def node_rows(obj: Mapping[str, Any], now: float) -> tuple[list[str], list[list[
         row = [
             txt(node.get("name"), 64),
             txt(node.get("version"), 64),
+            *([revisions.get(node.get("name")) or "-"] if with_revision else []),
             node_phase(node, commands),
             *[txt(states.get(n), 32) for n in lbs],
             txt(node.get("healthy")) if isinstance(node.get("healthy"), bool) else "-",
@@ -309,6 +316,12 @@ def node_rows(obj: Mapping[str, Any], now: float) -> tuple[list[str], list[list[
         row += [_since(node.get("lastTransitionTime"), now), txt(node.get("message"), 120)]
         rows.append(row)
     return header, rows
+
+
+def revision_text(rev: object) -> str:
+    """A node's recorded maintenance tokens (status.nodes[].revision), e.g. "config=cfg-2"."""
+    parts = [f"{k}={txt(v, 40)}" for k, v in _map(rev).items() if isinstance(v, str) and v]
+    return " ".join(parts)
 
 
 def window_text(w: Mapping[str, Any]) -> str:

@@ -37,7 +37,7 @@ def describe(kind: Kind, target: str, previous: str | None = None) -> str:
     if kind == Kind.REBOOT:
         return f"OS patch and reboot on {target}"
     if previous is not None and previous == target:
-        return f"provisioning {target} again (configRevision)"
+        return f"provisioning {target} again"
     return f"updating {previous} -> {target}" if previous else f"update to {target}"
 
 

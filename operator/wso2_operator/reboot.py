@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -102,7 +103,11 @@ class RebootFailed(Exception):
 
 
 async def reboot_step(
-    a: Adapters, spec: ClusterSpec, name: str, p: NodeProgress, out_of_rotation: object
+    a: Adapters,
+    spec: ClusterSpec,
+    name: str,
+    p: NodeProgress,
+    out_of_rotation: Callable[[], Awaitable[None]],
 ) -> NodeProgress:
     """One step of the reboot: returns REBOOTING with the boot id recorded (to be persisted
     before the reboot is asked), or VERIFYING once the node is back. ``out_of_rotation``: the
@@ -142,7 +147,7 @@ async def reboot_step(
                 f"{m.reboot_timeout:g} ({state}{'; ' + last if last else ''})",
             )
         if move == Move.ASK:
-            await out_of_rotation()  # type: ignore[operator]
+            await out_of_rotation()
             last = await ask(a, node, m.reboot_command, key)
         await asyncio.sleep(POLL)
 
