@@ -43,11 +43,14 @@ def under_load(
     try:
         with LBSampler(env.fleet) as sampler:
             load.start()
+            t0 = time.monotonic()
             act()
             obj = env.wait_for(finished(kind), timeout=timeout, what=f"{kind} done")
+            took = time.monotonic() - t0
             records = load.stop()
     finally:
         load.generator.stop()
+    print(f"\n{kind}: 3 nodes in {took:.1f}s under load, {len(records)} requests")
     failed = [r for r in records if not r.ok]
     assert records and not failed, failed[:5]
     assert sampler.max_out() == 1
