@@ -117,7 +117,6 @@ async def reboot_step(
     key = reboot_key(name, p)
     command = probe_command(m.boot_id_command, key)
     since = p.since if p.phase == Phase.REBOOTING and p.since else time.time()
-    last = ""
     while True:
         seen = await probe(a, node, command)
         move = next_move(p.boot_id, seen, time.time() - since, m.reboot_timeout)
@@ -144,23 +143,27 @@ async def reboot_step(
             raise RebootFailed(
                 "RebootTimeout",
                 f"{name}: not back with a new boot id within rebootTimeoutSeconds="
-                f"{m.reboot_timeout:g} ({state}{'; ' + last if last else ''})",
+                f"{m.reboot_timeout:g} ({state})",
             )
         if move == Move.ASK:
             await out_of_rotation()
-            last = await ask(a, node, m.reboot_command, key)
+            await ask(a, node, m.reboot_command, key)
         await asyncio.sleep(POLL)
 
 
-async def ask(a: Adapters, node: NodeSpec, reboot_command: str, key: str) -> str:
-    """Run the reboot command; a dropped connection is the expected answer. A command that
-    exits non-zero with the connection still up did not reboot: said in the timeout message."""
+async def ask(a: Adapters, node: NodeSpec, reboot_command: str, key: str) -> None:
+    """Run the reboot command. A dropped connection, or a shell killed by a signal as the node
+    goes down (a negative status, or above 128 through the wrapper's shell), is the expected
+    answer; an exit status 1..128 means it refused (sudo wants a password, no such command):
+    the node fails at once instead of at the timeout."""
     try:
         await a.ssh_run(
             node.host, node.ssh_port, ask_command(reboot_command, key), timeout=ASK_TIMEOUT
         )
     except SSHCommandFailed as e:
-        return f"the reboot command {e.outcome}"
+        if e.exit_status is not None and 0 < e.exit_status <= 128:
+            raise RebootFailed(
+                "RebootFailed", f"{node.name}: the reboot command {e.outcome}"
+            ) from None
     except WSO2OperatorError:
         pass
-    return ""
