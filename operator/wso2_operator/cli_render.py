@@ -267,6 +267,22 @@ def lb_names(obj: Mapping[str, Any]) -> list[str]:
     return names
 
 
+# A node's maintenance kind (status.nodes[].maintenance) -> where its commands are in the spec.
+_KIND_COMMANDS = {"Restart": "restartCommands", "Reboot": "patchCommands"}
+
+
+def command_count(obj: Mapping[str, Any], node: Mapping[str, Any]) -> int:
+    """How many commands the node's update runs: provision's, or its maintenance kind's."""
+    spec = _map(obj.get("spec"))
+    key = _KIND_COMMANDS.get(str(node.get("maintenance")))
+    if key == "restartCommands":
+        # The CRD's default, for an object read without it (e.g. from a file).
+        return len(_seq(_map(spec.get("maintenance")).get(key, ["stop", "start"])))
+    if key is not None:
+        return len(_seq(_map(spec.get("maintenance")).get(key)))
+    return len(_seq(_map(spec.get("provision")).get("commands")))
+
+
 def node_phase(node: Mapping[str, Any], commands: int) -> str:
     phase = txt(node.get("phase"), 64)
     step = _int(node.get("step"))
@@ -287,7 +303,6 @@ def analysis_by_node(obj: Mapping[str, Any]) -> dict[str, str]:
 
 def node_rows(obj: Mapping[str, Any], now: float) -> tuple[list[str], list[list[str]]]:
     lbs = lb_names(obj)
-    commands = len(_seq(_map(_map(obj.get("spec")).get("provision")).get("commands")))
     verdicts = analysis_by_node(obj)
     revisions = {
         _map(n).get("name"): revision_text(_map(n).get("revision"))
@@ -307,7 +322,7 @@ def node_rows(obj: Mapping[str, Any], now: float) -> tuple[list[str], list[list[
             txt(node.get("name"), 64),
             txt(node.get("version"), 64),
             *([revisions.get(node.get("name")) or "-"] if with_revision else []),
-            node_phase(node, commands),
+            node_phase(node, command_count(obj, node)),
             *[txt(states.get(n), 32) for n in lbs],
             txt(node.get("healthy")) if isinstance(node.get("healthy"), bool) else "-",
         ]

@@ -64,6 +64,13 @@ def test_get_shows_each_nodes_revision_only_when_the_cluster_has_one() -> None:
     assert rows["node2"][2] == "-"
 
 
+def test_a_restarting_node_counts_its_restart_commands() -> None:
+    obj = fx("progressing")
+    obj["status"]["nodes"][0]["maintenance"] = "Restart"
+    row = next(line for line in r.render_get(obj, NOW).splitlines() if line.startswith("node1 "))
+    assert row.split()[2:4] == ["Provisioning", "1/2"]  # wso2ctl stop, wso2ctl start
+
+
 def test_get_says_when_status_is_stale_or_missing() -> None:
     stale = fx("stale-generation")
     assert "(the operator has not acted on the latest spec yet)" in r.render_get(stale, NOW)
