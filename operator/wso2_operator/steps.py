@@ -143,7 +143,7 @@ async def run_step(
             done = "provisioned" if p.kind == Kind.PROVISION else "restarted on"
             return p.to(Phase.VERIFYING, now(), f"{name}: {done} {target}", step=nxt)
         return replace(
-            p, step=nxt, attempts=0, message=f"{name}: provision command {nxt}/{total} done"
+            p, step=nxt, attempts=0, message=f"{name}: {what} command {nxt}/{total} done"
         )
     if step.kind == StepKind.VERIFY:
         r = await a.ssh_run(
@@ -248,6 +248,8 @@ async def provision_play(
         play.report(f"{name}: ansible task '{clip(pp.task, 120)}' ({pp.summary()})")
 
     extravars = {**ans.extra_vars, ans.version_variable: target}
+    if p.revision is not None and p.revision.config:
+        extravars["wso2_config_revision"] = p.revision.config
     try:
         final = await run_play(
             where, ans, content, extravars, key, report, limit_seconds=ans.timeout
@@ -276,8 +278,8 @@ def once_text(p: NodeProgress, cmd: str) -> str:
     command is keyed by the revision it serves (a provision command keeps its old key)."""
     if p.kind == Kind.PROVISION:
         return cmd
-    rev = p.revision or None
-    tokens = ",".join(f"{k}={v}" for k, v in (rev.as_dict() if rev else {}).items())
+    rev = p.revision.as_dict() if p.revision else {}
+    tokens = ",".join(f"{k}={v}" for k, v in rev.items())
     return f"{p.kind}:{tokens}:{cmd}"
 
 
