@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.paths import CRD, KUBECTL, REPO
+from wso2_sandbox.controlplane import wait_established
 
 GROUP, VERSION, PLURAL = "vmops.dev", "v1alpha1", "wso2clusters"
 CLUSTER_NAME = "wso2ei"
@@ -47,18 +48,7 @@ class Kube:
 
     def install_crd(self) -> None:
         self.kubectl("apply", "-f", str(CRD))
-        # `kubectl wait` fails at once while a new CRD has no conditions yet: retried.
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                self.kubectl(
-                    "wait", "--for=condition=Established", f"crd/{PLURAL}.{GROUP}", "--timeout=30s"
-                )
-                return
-            except RuntimeError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        wait_established(self.kubectl, [f"crd/{PLURAL}.{GROUP}"], RuntimeError)
 
     def new_namespace(self, prefix: str) -> str:
         name = f"{prefix}-{uuid.uuid4().hex[:6]}"

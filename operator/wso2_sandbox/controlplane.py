@@ -23,8 +23,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -50,6 +52,27 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def wait_established(
+    kubectl: Callable[..., Any],
+    crds: Sequence[str],
+    retry_on: type[Exception],
+    timeout: float = 60,
+) -> None:
+    """`kubectl wait --for=condition=Established` on new CRDs, through the caller's kubectl.
+
+    It fails at once (rather than waiting) while a new CRD has no conditions yet ("accessor
+    error: <nil>"), so it is retried until the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            kubectl("wait", "--for=condition=Established", *crds, "--timeout=30s")
+            return
+        except retry_on:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def _write_key(path: Path, key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> None:

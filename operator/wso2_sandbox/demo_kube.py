@@ -7,11 +7,12 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from wso2_sandbox.controlplane import wait_established
 
 GROUP, API_VERSION, PLURAL = "vmops.dev", "v1alpha1", "wso2clusters"
 NAME, NAMESPACE = "wso2ei", "default"
@@ -96,17 +97,7 @@ class Kube:
         return proc.stdout
 
     def wait_established(self, crd: str, timeout: float = 60) -> None:
-        """`kubectl wait` fails at once (rather than waiting) while a new CRD has no conditions
-        yet ("accessor error: <nil>"), so it is retried until the deadline."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.kubectl("wait", "--for=condition=Established", crd, "--timeout=30s")
-                return
-            except DemoError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        wait_established(self.kubectl, [crd], DemoError, timeout)
 
     def get_cluster(self) -> dict[str, Any]:
         return self._custom.get_namespaced_custom_object(

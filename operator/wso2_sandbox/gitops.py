@@ -37,7 +37,7 @@ from typing import Any
 import yaml
 
 from wso2_sandbox import fleet_procs
-from wso2_sandbox.controlplane import _alive, _kill_group, free_port
+from wso2_sandbox.controlplane import _alive, _kill_group, free_port, wait_established
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ARGOCD_MANIFESTS = REPO_ROOT / "manifests" / "argocd"
@@ -287,24 +287,15 @@ class ArgoCD:
         # The CRD files only: the folder's kustomization.yaml is not an object.
         crds = [f"--filename={f}" for f in sorted((install / "crds").glob("*-crd.yaml"))]
         self.kubectl("apply", "--server-side", "--force-conflicts", *crds, timeout=120)
-        deadline = time.monotonic() + 60
-        while True:
-            # `kubectl wait` fails at once (rather than waiting) while a new CRD has no
-            # conditions yet, so it is retried.
-            try:
-                self.kubectl(
-                    "wait",
-                    "--for=condition=Established",
-                    "crd/applications.argoproj.io",
-                    "crd/appprojects.argoproj.io",
-                    "crd/applicationsets.argoproj.io",
-                    "--timeout=30s",
-                )
-                break
-            except GitOpsError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        wait_established(
+            self.kubectl,
+            [
+                "crd/applications.argoproj.io",
+                "crd/appprojects.argoproj.io",
+                "crd/applicationsets.argoproj.io",
+            ],
+            GitOpsError,
+        )
         ns = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
         items = [ns, *argocd_cm(install / "core-install.yaml"), DEFAULT_PROJECT]
         self.kubectl(

@@ -121,9 +121,10 @@ async def test_response_time_of_a_slow_canary(counters_fleet: Fleet, lb: LBClien
     assert k > 150
 
     w = measure(s0, s1, "node1", ["node2"], POLICY)
-    # t_data is 30 ms of sleep plus the stand-in's own time; the rounding bound for k >= 150
-    # responses over a 512-sample window is 1 / (1 - (511/512)**150) < 4 ms.
-    assert w.response_ms is not None and 29 <= w.response_ms <= 45, w
+    # t_data is 30 ms of sleep plus the stand-in's own time. HAProxy shows rtime truncated to
+    # whole ms, which moves the recovered mean by up to 1 / (1 - (511/512)**k) < 4 ms for
+    # k >= 150 responses, either way (CI once saw 28.8 ms).
+    assert w.response_ms is not None and 26 <= w.response_ms <= 45, w
     assert w.baseline_response_ms is not None and w.baseline_response_ms < 8, w
     assert (w.verdict, w.reason) == (WindowVerdict.BAD, "ResponseTime")
     assert "mean response time" in w.message
