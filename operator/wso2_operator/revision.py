@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import StrEnum
 
 # What spec.configRevision/restartedAt/patchedAt may hold (the CRD's pattern): one shell word,
@@ -150,6 +150,3 @@ def change_label(previous: Revision | None, desired: Revision) -> str | None:
         next(c for c in COMPONENTS if c in changed)
     ]
 
-
-def with_component(r: Revision, component: str, value: str) -> Revision:
-    return replace(r, **{component: value})
