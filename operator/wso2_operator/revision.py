@@ -149,4 +149,3 @@ def change_label(previous: Revision | None, desired: Revision) -> str | None:
     return {"config": "ConfigRevision", "restart": "Restart", "patch": "OSPatch"}[
         next(c for c in COMPONENTS if c in changed)
     ]
-
