@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from wso2_sandbox.controlplane import ControlPlane
+from wso2_sandbox.controlplane import ControlPlane, wait_established
 
 REPO = Path(__file__).resolve().parents[1]
 KUBECTL = str(Path(sys.executable).parent / "kubectl")
@@ -101,7 +101,8 @@ def kube(control_plane: ControlPlane) -> Kube:
     assert control_plane.kubeconfig is not None
     k = Kube(control_plane.kubeconfig)
     k.run("apply", "-f", str(CRD))
-    k.run("wait", "--for=condition=Established", "crd/wso2clusters.vmops.dev", "--timeout=60s")
+    # kubectl wait fails at once while a new CRD has no conditions yet (seen under load).
+    wait_established(k.run, ["crd/wso2clusters.vmops.dev"], AssertionError)
     return k
 
 

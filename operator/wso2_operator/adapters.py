@@ -36,6 +36,7 @@ from .observation import (
     UP,
     NodeObservation,
 )
+from .revision import Revision, parse_read, read_command
 from .status import SetupProblem
 from .textcap import cap
 
@@ -166,7 +167,7 @@ async def observe(
             return fallback
 
     late = VersionProblem("VersionProbeTimeout", f"no answer within {deadline:g}s")
-    view, versions, health = await asyncio.gather(
+    view, versions, health, revisions = await asyncio.gather(
         bounded(lb_view(spec, adapters, extra_servers), None),
         asyncio.gather(*(bounded(probe_version(spec, adapters, n), late) for n in spec.nodes)),
         asyncio.gather(
@@ -175,6 +176,7 @@ async def observe(
                 for n in spec.nodes
             )
         ),
+        asyncio.gather(*(bounded(probe_revision(spec, adapters, n), None) for n in spec.nodes)),
     )
     if view is None:
         names = [*spec.node_names, *extra_servers]
@@ -184,12 +186,13 @@ async def observe(
         lb, err = next(iter(view.errors.items()))
         problem = SetupProblem(reason_of(err, "LoadBalancerError"), cap(f"LB {lb}: {err}"))
     out = {}
-    for node, v, (ok, _detail) in zip(spec.nodes, versions, health, strict=True):
+    for node, v, (ok, _detail), rev in zip(spec.nodes, versions, health, revisions, strict=True):
         out[node.name] = NodeObservation(
             version=v if isinstance(v, str) else None,
             healthy=ok,
             lb=view.states.get(node.name, {}),
             version_problem=v.message if isinstance(v, VersionProblem) else None,
+            revision=rev,
         )
     extra = {n: view.states.get(n, {}) for n in extra_servers}
     return out, problem, extra
@@ -240,6 +243,21 @@ async def probe_version(
     if not r.stdout.strip() and not getattr(r, "stdout_dropped", 0):
         return VersionProblem("VersionEmpty", "versionCommand printed nothing")
     return parse_version_output(r.stdout, getattr(r, "stdout_dropped", 0))
+
+
+async def probe_revision(spec: ClusterSpec, adapters: Adapters, node: NodeSpec) -> Revision | None:
+    """The tokens the node recorded (revision.py); None when the spec asks for none (no extra
+    SSH command for clusters that do not use maintenance) or the node does not answer."""
+    if not spec.revision.as_dict():
+        return None
+    try:
+        r = await adapters.ssh_run(
+            node.host, node.ssh_port, read_command(), timeout=min(OBSERVE_DEADLINE, 10.0)
+        )
+    except WSO2OperatorError as e:
+        log.info("revision probe of %s failed: %s", node.name, cap(e))
+        return None
+    return parse_read(r.stdout)
 
 
 async def lb_states(spec: ClusterSpec, adapters: Adapters) -> dict[str, dict[str, str]]:

@@ -71,8 +71,8 @@ class CanaryDriving:
         target, rolling_back, held = effective_target(spec, self.rollout)
         r = self.rollout
         # A rollout with nothing to change (a new object for nodes already at the version)
-        # has no canary to hold.
-        no_change = r.from_version == r.to_version
+        # has no canary to hold; a maintenance rollout keeps the version and has one.
+        no_change = r.from_version == r.to_version and r.maintenance is None
         if not spec.canary_steps or rolling_back or held or r.finished or no_change:
             self.gate = None
             if promote:

@@ -116,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--full", action="store_true", help="skip every remaining pause (vmops.dev/promote-full)"
     )
     verb("abort", "fail the rollout now; failurePolicy applies (vmops.dev/abort)")
+    verb("restart", "restart every node through the safe sequence (sets spec.restartedAt)")
     h = verb("history", "the rollouts in status.history, numbered as revisions")
     h.add_argument("-o", "--output", choices=["json", "yaml"])
     u = verb("undo", "set spec.version back (default: the last version that rolled out)")
@@ -449,6 +450,28 @@ def cmd_annotate(api: Api, args: argparse.Namespace, out: Any) -> int:
     return r.EXIT_OK
 
 
+def cmd_restart(api: Api, args: argparse.Namespace, out: Any) -> int:
+    """A rolling restart, as `kubectl rollout restart` does: a new spec.restartedAt."""
+    obj = api.get(args.name)
+    current = (obj.get("spec") or {}).get("restartedAt")
+    token = r.new_token(time.time(), current, None)
+    api.patch(args.name, {"spec": {"restartedAt": token}})
+    was = f" (was {r.txt(current, 64)})" if current else ""
+    print(
+        f"{_ref(api, args.name)}: spec.restartedAt={token}{was}; every node is restarted "
+        "one at a time (maxUnavailable), the version unchanged",
+        file=out,
+    )
+    tracking = r.argocd_tracking(obj)
+    if tracking:
+        print(
+            f"  note: Argo CD manages it ({tracking}); if Git sets spec.restartedAt, self-heal "
+            "reverts this (use the Argo CD action restart, or set it in Git)",
+            file=out,
+        )
+    return r.EXIT_OK
+
+
 def cmd_history(api: Api, args: argparse.Namespace, out: Any) -> int:
     obj = api.get(args.name)
     if args.output:
@@ -509,6 +532,7 @@ VERBS = {
     "retry": cmd_annotate,
     "promote": cmd_annotate,
     "abort": cmd_annotate,
+    "restart": cmd_restart,
     "history": cmd_history,
     "undo": cmd_undo,
     "wait": cmd_wait,

@@ -267,6 +267,22 @@ def lb_names(obj: Mapping[str, Any]) -> list[str]:
     return names
 
 
+# A node's maintenance kind (status.nodes[].maintenance) -> where its commands are in the spec.
+_KIND_COMMANDS = {"Restart": "restartCommands", "Reboot": "patchCommands"}
+
+
+def command_count(obj: Mapping[str, Any], node: Mapping[str, Any]) -> int:
+    """How many commands the node's update runs: provision's, or its maintenance kind's."""
+    spec = _map(obj.get("spec"))
+    key = _KIND_COMMANDS.get(str(node.get("maintenance")))
+    if key == "restartCommands":
+        # The CRD's default, for an object read without it (e.g. from a file).
+        return len(_seq(_map(spec.get("maintenance")).get(key, ["stop", "start"])))
+    if key is not None:
+        return len(_seq(_map(spec.get("maintenance")).get(key)))
+    return len(_seq(_map(spec.get("provision")).get("commands")))
+
+
 def node_phase(node: Mapping[str, Any], commands: int) -> str:
     phase = txt(node.get("phase"), 64)
     step = _int(node.get("step"))
@@ -287,9 +303,14 @@ def analysis_by_node(obj: Mapping[str, Any]) -> dict[str, str]:
 
 def node_rows(obj: Mapping[str, Any], now: float) -> tuple[list[str], list[list[str]]]:
     lbs = lb_names(obj)
-    commands = len(_seq(_map(_map(obj.get("spec")).get("provision")).get("commands")))
     verdicts = analysis_by_node(obj)
-    header = ["NODE", "VERSION", "PHASE", *[clip(n, 32).upper() for n in lbs], "HEALTHY"]
+    revisions = {
+        _map(n).get("name"): revision_text(_map(n).get("revision"))
+        for n in _seq(status_of(obj).get("nodes"))
+    }
+    with_revision = any(revisions.values())  # only for clusters that use maintenance tokens
+    header = ["NODE", "VERSION", *(["REVISION"] if with_revision else [])]
+    header += ["PHASE", *[clip(n, 32).upper() for n in lbs], "HEALTHY"]
     if verdicts:
         header.append("ANALYSIS(G/B/I)")
     header += ["SINCE", "MESSAGE"]
@@ -300,7 +321,8 @@ def node_rows(obj: Mapping[str, Any], now: float) -> tuple[list[str], list[list[
         row = [
             txt(node.get("name"), 64),
             txt(node.get("version"), 64),
-            node_phase(node, commands),
+            *([revisions.get(node.get("name")) or "-"] if with_revision else []),
+            node_phase(node, command_count(obj, node)),
             *[txt(states.get(n), 32) for n in lbs],
             txt(node.get("healthy")) if isinstance(node.get("healthy"), bool) else "-",
         ]
@@ -309,6 +331,12 @@ def node_rows(obj: Mapping[str, Any], now: float) -> tuple[list[str], list[list[
         row += [_since(node.get("lastTransitionTime"), now), txt(node.get("message"), 120)]
         rows.append(row)
     return header, rows
+
+
+def revision_text(rev: object) -> str:
+    """A node's recorded maintenance tokens (status.nodes[].revision), e.g. "config=cfg-2"."""
+    parts = [f"{k}={txt(v, 40)}" for k, v in _map(rev).items() if isinstance(v, str) and v]
+    return " ".join(parts)
 
 
 def window_text(w: Mapping[str, Any]) -> str:

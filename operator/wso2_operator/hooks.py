@@ -91,14 +91,15 @@ def before_hook_blocks(spec: ClusterSpec, r: RolloutState, rolling_back: bool) -
 
 def after_hook_due(spec: ClusterSpec, r: RolloutState, p: Plan) -> bool:
     """afterRollout must (still) run: every node is done, forward, and the rollout changed
-    something (a new object for nodes already at the version is no rollout)."""
+    something (a new object for nodes already at the version is no rollout; a restart, config
+    revision or OS patch is one)."""
     return (
         spec.after_rollout is not None
         and p.complete
         and not p.rolling_back
         and not r.finished
         and r.to_version == spec.version
-        and r.from_version != r.to_version
+        and (r.from_version != r.to_version or r.maintenance is not None)
         and _undecided(r.after_hook)
     )
 

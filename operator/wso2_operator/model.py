@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
+from .revision import Kind, Revision
+
 # The CRD's patterns for spec.version (also what a versionCommand must print to count as a
 # version) and spec.nodes[].name. ASCII classes on purpose: \d would match other scripts' digits.
 VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
@@ -33,12 +35,14 @@ class Phase(StrEnum):
     ENABLING = "Enabling"
     SOAKING = "Soaking"
     FAILED = "Failed"
+    REBOOTING = "Rebooting"  # a patch's reboot was asked for: waiting for a new boot id
 
 
 IN_FLIGHT = frozenset(
     {
         Phase.DRAINING,
         Phase.PROVISIONING,
+        Phase.REBOOTING,
         Phase.VERIFYING,
         Phase.WAITING_HEALTHY,
         Phase.ENABLING,
@@ -46,7 +50,9 @@ IN_FLIGHT = frozenset(
     }
 )
 # Phases in which the node must be out of load-balanced traffic on every LB.
-MUST_BE_OUT = frozenset({Phase.PROVISIONING, Phase.VERIFYING, Phase.WAITING_HEALTHY, Phase.FAILED})
+MUST_BE_OUT = frozenset(
+    {Phase.PROVISIONING, Phase.REBOOTING, Phase.VERIFYING, Phase.WAITING_HEALTHY, Phase.FAILED}
+)
 # Before re-enable starts, a new spec version can be applied to a node still out of rotation
 # without putting it back first: that is the "safe point" for a retarget.
 RETARGETABLE = frozenset({Phase.PROVISIONING, Phase.VERIFYING, Phase.WAITING_HEALTHY})
@@ -230,6 +236,28 @@ class HookSpec:
         )
 
 
+@dataclass(frozen=True)
+class MaintenanceSpec:
+    """spec.maintenance: the commands of a rolling restart and of an OS patch (see revision.py)."""
+
+    restart_commands: tuple[str, ...] = ("wso2ctl stop", "wso2ctl start")
+    patch_commands: tuple[str, ...] = ()
+    reboot_command: str = "sudo systemctl reboot"
+    boot_id_command: str = "cat /proc/sys/kernel/random/boot_id"
+    reboot_timeout: float = 600.0
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> MaintenanceSpec:
+        dflt = cls()
+        return cls(
+            restart_commands=tuple(d.get("restartCommands", dflt.restart_commands)),
+            patch_commands=tuple(d.get("patchCommands") or ()),
+            reboot_command=str(d.get("rebootCommand", dflt.reboot_command)),
+            boot_id_command=str(d.get("bootIdCommand", dflt.boot_id_command)),
+            reboot_timeout=float(d.get("rebootTimeoutSeconds", dflt.reboot_timeout)),
+        )
+
+
 def _hook(up: Mapping[str, Any], kind: str) -> HookSpec | None:
     hooks = up.get("hooks") or {}
     raw = hooks.get(kind) if isinstance(hooks, Mapping) else None
@@ -265,11 +293,21 @@ class ClusterSpec:
     ansible: AnsibleSpec | None = None  # spec.provision.ansible, instead of provision_commands
     before_rollout: HookSpec | None = None
     after_rollout: HookSpec | None = None
+    revision: Revision = field(default_factory=Revision)  # configRevision/restartedAt/patchedAt
+    maintenance: MaintenanceSpec = field(default_factory=MaintenanceSpec)
 
     @property
     def provision_step_count(self) -> int:
         """Provision steps of one node's update: one per command, or the whole play as one."""
         return 1 if self.ansible is not None else len(self.provision_commands)
+
+    def step_count(self, kind: str) -> int:
+        """Command steps of one node's update of this kind (a reboot follows a patch's)."""
+        if kind == Kind.RESTART:
+            return len(self.maintenance.restart_commands)
+        if kind == Kind.REBOOT:
+            return len(self.maintenance.patch_commands)
+        return self.provision_step_count
 
     @property
     def node_names(self) -> tuple[str, ...]:
@@ -346,6 +384,14 @@ class ClusterSpec:
             ),
             before_rollout=_hook(up, "beforeRollout"),
             after_rollout=_hook(up, "afterRollout"),
+            revision=Revision.from_dict(
+                {
+                    "config": spec.get("configRevision"),
+                    "restart": spec.get("restartedAt"),
+                    "patch": spec.get("patchedAt"),
+                }
+            ),
+            maintenance=MaintenanceSpec.from_dict(spec.get("maintenance") or {}),
         )
 
 
@@ -378,6 +424,9 @@ class NodeProgress:
     start: float | None = None  # when this node's update began (for progressDeadlineSeconds)
     message: str = ""
     attempts: int = 0
+    kind: Kind = Kind.PROVISION  # what this update does (see revision.py)
+    revision: Revision | None = None  # the tokens this update brings the node to
+    boot_id: str | None = None  # the boot id read before a reboot was asked for
 
     @property
     def in_flight(self) -> bool:
@@ -423,3 +472,7 @@ class RolloutState:
     provision_revision: str | None = None
     before_hook: HookRun | None = None
     after_hook: HookRun | None = None
+    # The spec's configRevision/restartedAt/patchedAt this rollout moves to, and, for a rollout
+    # that keeps the version, what it is named in history (revision.change_label).
+    to_revision: Revision | None = None
+    maintenance: str | None = None

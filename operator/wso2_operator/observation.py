@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from .revision import Revision
+
 # Normalised per-LB server states (see adapters.normalize_lb_state).
 UP, DOWN, DRAIN, MAINT, NOLB = "UP", "DOWN", "DRAIN", "MAINT", "NOLB"
 UNREACHABLE, MISSING = "Unreachable", "Missing"
@@ -20,6 +22,9 @@ class NodeObservation:
     lb: Mapping[str, str] = field(default_factory=dict)  # LB name -> normalised state
     # Why the version is None when the node did answer (output that is not a version).
     version_problem: str | None = None
+    # The configRevision/restartedAt/patchedAt tokens the node recorded (revision.py); None when
+    # not read (the spec asks for none) or unreadable.
+    revision: Revision | None = None
 
     def reachable_lb_states(self) -> list[str]:
         return [s for s in self.lb.values() if s != UNREACHABLE]

@@ -39,6 +39,7 @@ from .observation import (  # noqa: F401 - re-exported: the planner's vocabulary
     NodeObservation,
 )
 from .ownership import Reassert, audit_claims, held_by_someone_else
+from .revision import Kind, Revision, kind_for
 
 
 class Blocked(StrEnum):
@@ -59,6 +60,8 @@ class Begin:
     target: str
     phase: Phase  # DRAINING, or WAITING_HEALTHY to put back a node that is current but out
     previous_version: str | None
+    kind: Kind = Kind.PROVISION
+    revision: Revision | None = None
 
 
 @dataclass(frozen=True)
@@ -88,10 +91,13 @@ class Plan:
 def effective_target(spec: ClusterSpec, rollout: RolloutState) -> tuple[str, bool, bool]:
     """(target version, rolling back?, held?) for this spec and rollout cursor."""
     failed_here = rollout.failed_version is not None and rollout.failed_version == spec.version
+    # A maintenance rollout (same version: restart, config, patch) has nothing to roll back to:
+    # it holds, as under Pause, whatever the failure policy.
     if (
         failed_here
         and spec.failure_policy == "Rollback"
         and rollout.from_version
+        and rollout.from_version != spec.version
         and not rollout.rollback_failed
     ):
         return rollout.from_version, True, False
@@ -143,10 +149,14 @@ def plan(
         "refused": audit.refused,
     }
 
+    def needs(n: str) -> Kind | None:
+        return kind_for(target, spec.revision, obs[n].version, obs[n].revision)
+
     complete = (
         not in_flight
         and all(prog[n].phase != Phase.FAILED for n in names)
         and all(obs[n].version == target and obs[n].available for n in names)
+        and all(needs(n) is None for n in names)
     )
     if complete:
         return Plan(**base, complete=True, blocked=Blocked.ROLLED_BACK if rolling_back else None)
@@ -187,7 +197,7 @@ def plan(
             return False
         if prog[n].phase == Phase.FAILED:
             return True
-        return obs[n].version is not None and obs[n].version != target
+        return needs(n) is not None
 
     def wants_reenable(n: str) -> bool:
         # Current but out by an admin's hand, and the admin handed it back.
@@ -221,6 +231,8 @@ def plan(
                 target=target,
                 phase=Phase.WAITING_HEALTHY if wants_reenable(n) else Phase.DRAINING,
                 previous_version=obs[n].version,
+                kind=needs(n) or Kind.PROVISION,
+                revision=spec.revision,
             )
         )
         out.add(n)
@@ -266,6 +278,7 @@ class StepKind(StrEnum):
     ENABLE = "Enable"
     SOAK = "Soak"
     FAIL = "Fail"
+    REBOOT = "Reboot"
 
 
 @dataclass(frozen=True)
@@ -292,9 +305,11 @@ def node_step(node: str, p: NodeProgress, spec: ClusterSpec, now: float) -> Step
     if p.phase == Phase.DRAINING:
         return Step(StepKind.DRAIN)
     if p.phase == Phase.PROVISIONING:
-        if p.step >= spec.provision_step_count:
-            return Step(StepKind.VERIFY)
+        if p.step >= spec.step_count(p.kind):
+            return Step(StepKind.REBOOT if p.kind == Kind.REBOOT else StepKind.VERIFY)
         return Step(StepKind.PROVISION, index=p.step)
+    if p.phase == Phase.REBOOTING:
+        return Step(StepKind.REBOOT)
     if p.phase == Phase.VERIFYING:
         return Step(StepKind.VERIFY)
     if p.phase == Phase.WAITING_HEALTHY:
@@ -314,10 +329,15 @@ def step_deadline(p: NodeProgress, spec: ClusterSpec, now: float) -> float | Non
     return max(0.0, p.start + spec.progress_deadline - now)
 
 
-def display_phase(p: NodeProgress, o: NodeObservation, target: str) -> Phase:
-    """The phase shown for a node that is not in flight."""
+def display_phase(
+    p: NodeProgress, o: NodeObservation, target: str, desired: Revision | None = None
+) -> Phase:
+    """The phase shown for a node that is not in flight: Outdated also when a maintenance
+    request (``desired``) has not reached it."""
     if p.phase in IN_FLIGHT or p.phase == Phase.FAILED:
         return p.phase
     if o.version is None:
         return Phase.UNKNOWN
-    return Phase.CURRENT if o.version == target else Phase.OUTDATED
+    if o.version != target or kind_for(target, desired or Revision(), o.version, o.revision):
+        return Phase.OUTDATED
+    return Phase.CURRENT

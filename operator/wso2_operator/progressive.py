@@ -26,6 +26,7 @@ from .canary import CanaryCursor, CanaryGate, advance
 from .counters import sample_counters
 from .model import IN_FLIGHT, ClusterSpec, NodeProgress, Phase, RolloutState
 from .observation import NodeObservation
+from .revision import kind_for
 from .status import MAX_NODES, _clamped_int, _list, _mapping, iso, parse_iso, stored_token
 from .textcap import MESSAGE_LIMIT, NAME_LIMIT, cap, cap_token
 
@@ -212,7 +213,7 @@ def at_target(
         p, o = progress.get(n, NodeProgress()), observed.get(n, NodeObservation())
         if p.phase in IN_FLIGHT and p.target == target:
             moving += 1
-        elif p.phase != Phase.FAILED and o.version == target:
+        elif p.phase != Phase.FAILED and on_target(spec, o, target):
             moving += 1
             settled += o.available
     return moving, settled
@@ -233,7 +234,7 @@ def subjects(
         if p.phase == Phase.SOAKING and p.target == target:
             out.append(n)
         elif holding and p.phase not in IN_FLIGHT and p.phase != Phase.FAILED:
-            if o.version == target and o.in_rotation:
+            if on_target(spec, o, target) and o.in_rotation:
                 out.append(n)
     return tuple(out)
 
@@ -250,9 +251,15 @@ def baseline(
         p, o = progress.get(n, NodeProgress()), observed.get(n, NodeObservation())
         if p.phase in IN_FLIGHT or p.phase == Phase.FAILED:
             continue
-        if o.version is not None and o.version != target and o.in_rotation:
+        if o.version is not None and not on_target(spec, o, target) and o.in_rotation:
             out.append(n)
     return tuple(out)
+
+
+def on_target(spec: ClusterSpec, o: NodeObservation, target: str) -> bool:
+    """The node runs the target version and every maintenance token the spec asks for: so
+    canary steps and analysis apply to a restart, config change or patch as to an upgrade."""
+    return o.version == target and kind_for(target, spec.revision, o.version, o.revision) is None
 
 
 def gate(

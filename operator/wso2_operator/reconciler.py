@@ -31,6 +31,7 @@ from .errors import (
 )
 from .hooks import PlayDriving, after_hook_due, retry_resets
 from .kube import KubeAdapter, SecretProblem, event
+from .maintenance import MaintenanceRollouts, describe, maintenance_done, next_rollout
 from .model import (
     IN_FLIGHT,
     RETARGETABLE,
@@ -51,6 +52,7 @@ from .planner import (
     step_deadline,
 )
 from .progressive import analysis_from_status, seen_tokens
+from .revision import Kind, Revision
 from .status import (
     SetupProblem,
     append_history,
@@ -90,7 +92,7 @@ class Settings:
         return 2 * self.observe_period + 15
 
 
-class ClusterReconciler(CanaryDriving, PlayDriving):
+class ClusterReconciler(CanaryDriving, PlayDriving, MaintenanceRollouts):
     def __init__(
         self,
         *,
@@ -342,6 +344,7 @@ class ClusterReconciler(CanaryDriving, PlayDriving):
                 break
         self._track_rollout(spec, now)
         self._detect_drift(spec, previous)
+        self._detect_revision_drift(spec, previous)
         self.custody.release_departed(extra)
         self.progress = self.custody.audit(spec, self.observed, self.progress)
         promote = await self._steer(spec, adapters)
@@ -387,13 +390,15 @@ class ClusterReconciler(CanaryDriving, PlayDriving):
                 previous_version=b.previous_version,
                 since=now,
                 start=now,
-                message=f"{b.node}: starting update to {b.target}",
+                message=f"{b.node}: starting {describe(b.kind, b.target)}",
+                kind=b.kind,
+                revision=b.revision,
             )
             self.custody.owned.add(b.node)
             event(
                 self.body,
                 "NodeUpdateStarted",
-                f"{b.node}: updating {b.previous_version} -> {b.target}",
+                f"{b.node}: {describe(b.kind, b.target, b.previous_version)}",
             )
         # Written before any node task starts: a conflicting write (another operator) stops
         # here, before the begun nodes are touched.
@@ -433,7 +438,7 @@ class ClusterReconciler(CanaryDriving, PlayDriving):
             p = self.progress.get(n, NodeProgress())
             before = previous.get(n, NodeObservation()).version
             v = self.observed.get(n, NodeObservation()).version
-            if p.phase in IN_FLIGHT or p.phase == Phase.FAILED or n in self.tasks:
+            if not self._left_alone(n, p):
                 continue
             if before is None or v is None or v == before or v == target:
                 continue
@@ -506,7 +511,13 @@ class ClusterReconciler(CanaryDriving, PlayDriving):
                 **retry_resets(r),
             )
             self.analysis.reset()
-        if r.to_version != spec.version:
+        new_version = r.to_version != spec.version
+        if not new_version and (r.to_revision or Revision()) != spec.revision:
+            # Same version, new configRevision/restartedAt/patchedAt: a maintenance rollout.
+            self.rollout = r
+            self._start_maintenance(spec, now)
+            return
+        if new_version:
             if r.to_version is not None and not r.finished:
                 self.history = append_history(
                     self.history,
@@ -516,14 +527,12 @@ class ClusterReconciler(CanaryDriving, PlayDriving):
             from_v = next((v for v in versions if v != spec.version), None) or (
                 versions[0] if versions else r.to_version
             )
-            r = RolloutState(
+            r = next_rollout(
+                r,
                 from_version=from_v,
                 to_version=spec.version,
+                to_revision=spec.revision,
                 start=now,
-                retry_token=r.retry_token,
-                promote_token=r.promote_token,
-                promote_full_token=r.promote_full_token,
-                abort_token=r.abort_token,
             )
             self.analysis.reset()
             metrics.rollout_started(self.namespace, self.name)
@@ -533,7 +542,7 @@ class ClusterReconciler(CanaryDriving, PlayDriving):
         r = self.rollout
         if not p.complete or r.finished or r.to_version is None or after_hook_due(spec, r, p):
             return
-        if r.from_version == r.to_version and not p.rolling_back:
+        if r.from_version == r.to_version and not p.rolling_back and not r.maintenance:
             # Nothing had to change (e.g. a new CR for nodes already at the version): no history.
             self.rollout = replace(r, finished=True)
             return
@@ -541,7 +550,7 @@ class ClusterReconciler(CanaryDriving, PlayDriving):
         msg = (
             f"{r.failed_version} failed; all nodes back on {p.target}"
             if p.rolling_back
-            else f"all nodes run {p.target}"
+            else maintenance_done(r.maintenance, p.target, r.to_revision)
         )
         self.history = append_history(self.history, history_entry(r, result, now, msg))
         self.rollout = replace(r, finished=True)
@@ -600,7 +609,13 @@ class ClusterReconciler(CanaryDriving, PlayDriving):
                 # The node is still out of rotation: the safe point to switch versions.
                 phase = Phase.DRAINING if p.phase == Phase.DRAINING else Phase.PROVISIONING
                 p = self.progress[name] = p.to(
-                    phase, time.time(), f"{name}: retargeted to {target}", target=target, step=0
+                    phase,
+                    time.time(),
+                    f"{name}: retargeted to {target}",
+                    target=target,
+                    step=0,
+                    kind=Kind.PROVISION,
+                    revision=spec.revision,
                 )
                 event(self.body, "NodeRetargeted", f"{name}: now moving to {target}")
             step = node_step(name, p, spec, time.time())

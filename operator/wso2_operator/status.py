@@ -35,6 +35,7 @@ from .model import (
     RolloutState,
 )
 from .planner import Blocked, NodeObservation, Plan, display_phase
+from .revision import COMPONENTS, Kind, Revision
 from .textcap import (
     LB_STATE_LIMIT,
     MESSAGE_LIMIT,
@@ -65,8 +66,9 @@ STATUS_SIZE_BOUND = 1024 * 1024
 # 480 KB of the bound; tokens (see textcap.cap_token) cost one byte a character.
 # Measured worst case (tests/unit/test_status_hostile.py::test_worst_case_status_fits): 100
 # nodes and 16 LBs, every field at its cap, 10 history entries, 32 departedNodes and the writer
-# field, the canary fields, status.analysis, the play revision and both hooks at their caps:
-# 990,814 bytes in json.dumps (the Kubernetes client's encoding), 533,598 as UTF-8.
+# field, the canary fields, status.analysis, the play revision and both hooks at their caps,
+# and the maintenance fields (revision, targetRevision, bootId, rollout.toRevision) at theirs:
+# 1,037,755 bytes in json.dumps (the Kubernetes client's encoding), 580,539 as UTF-8.
 NODE_MESSAGES_BUDGET = 40_000
 MIN_NODE_MESSAGE_LIMIT = 128
 
@@ -279,7 +281,7 @@ def node_rows(
         o = observed.get(name, NodeObservation())
         row: dict[str, Any] = {
             "name": name,
-            "phase": str(display_phase(p, o, target)),
+            "phase": str(display_phase(p, o, target, spec.revision)),
             "loadBalancers": _lb_states(o.lb),
             "message": cap(p.message or _idle_message(o, target, name in held_out), limit),
             "step": _clamped_int(p.step, MAX_STEP),
@@ -297,6 +299,14 @@ def node_rows(
             row["previousVersion"] = cap_token(p.previous_version, VERSION_LIMIT)
         if p.start is not None:
             row["startTime"] = iso(p.start)
+        if o.revision is not None and o.revision.as_dict():
+            row["revision"] = o.revision.as_dict()
+        if p.target and (p.kind != Kind.PROVISION or p.revision is not None):
+            row["maintenance"] = str(p.kind)
+        if p.revision is not None and p.revision.as_dict():
+            row["targetRevision"] = p.revision.as_dict()
+        if p.boot_id:
+            row["bootId"] = cap_token(p.boot_id, BOOT_ID_LIMIT)
         rows.append(row)
     return rows
 
@@ -500,6 +510,9 @@ def rollout_dict(r: RolloutState) -> dict[str, Any]:
             "beforeRollout": _hook_dict(r.before_hook),
             "afterRollout": _hook_dict(r.after_hook),
         },
+        # Every key written, None for an empty one: a merge patch must drop a cleared token.
+        "toRevision": revision_dict(r.to_revision) if r.to_revision else None,
+        "maintenance": r.maintenance,
     }
     # A merge patch with None deletes the key, which is what we want for cleared fields.
     return d
@@ -537,7 +550,27 @@ def rollout_from_status(status: object, now: float | None = None) -> RolloutStat
         provision_revision=_text(r.get("provisionRevision"), TOKEN_LIMIT),
         before_hook=_hook_run(_mapping(r.get("hooks")).get("beforeRollout"), now),
         after_hook=_hook_run(_mapping(r.get("hooks")).get("afterRollout"), now),
+        to_revision=Revision.from_dict(r["toRevision"])
+        if isinstance(r.get("toRevision"), Mapping)
+        else None,
+        maintenance=r.get("maintenance") if r.get("maintenance") in MAINTENANCE_LABELS else None,
     )
+
+
+MAINTENANCE_LABELS = frozenset({"Restart", "ConfigRevision", "OSPatch"})
+# A boot id is a UUID on Linux; whatever bootIdCommand prints is kept to this length.
+BOOT_ID_LIMIT = 64
+
+
+def revision_dict(r: Revision) -> dict[str, str | None]:
+    return {c: getattr(r, c) or None for c in COMPONENTS}
+
+
+def _kind(value: object) -> Kind:
+    try:
+        return Kind(value) if isinstance(value, str) else Kind.PROVISION
+    except ValueError:
+        return Kind.PROVISION
 
 
 HOOK_PHASES = frozenset({"Running", "Succeeded", "Failed"})
@@ -616,6 +649,11 @@ def progress_from_status(status: object, now: float | None = None) -> dict[str, 
             start=parse_iso(row.get("startTime"), now),
             message=cap(message, MESSAGE_LIMIT) if keep_message else "",
             attempts=_clamped_int(row.get("attempts"), MAX_ATTEMPTS),
+            kind=_kind(row.get("maintenance")),
+            revision=Revision.from_dict(row["targetRevision"])
+            if isinstance(row.get("targetRevision"), Mapping)
+            else None,
+            boot_id=_text(row.get("bootId"), BOOT_ID_LIMIT),
         )
     return out
 
@@ -636,6 +674,8 @@ def history_entry(r: RolloutState, result: str, now: float, message: str = "") -
 def _history_extras(r: RolloutState) -> dict[str, Any]:
     """What a history row adds for provision.ansible and hooks, only when they were used."""
     out: dict[str, Any] = {}
+    if r.maintenance:
+        out["maintenance"] = r.maintenance
     if r.provision_revision:
         out["provisionRevision"] = cap_token(r.provision_revision, TOKEN_LIMIT)
     hooks = [
@@ -655,6 +695,7 @@ _HISTORY_TEXT = {
     "message": (cap, MESSAGE_LIMIT),
     "provisionRevision": (cap_token, TOKEN_LIMIT),
     "hooks": (cap_token, NAME_LIMIT * 2),
+    "maintenance": (cap_token, NAME_LIMIT),
 }
 
 

@@ -38,6 +38,8 @@ from .model import ClusterSpec, NodeProgress, Phase
 from .ownership import proved_out, serving_lbs
 from .planner import UNREACHABLE, UP, NodeObservation, Step, StepKind
 from .ramp import RAMP_START, ramp_share, set_share
+from .reboot import RebootFailed, reboot_step
+from .revision import Kind, applied, record_command
 from .status import iso
 from .textcap import clip
 
@@ -91,41 +93,57 @@ async def run_step(
         except DrainTimeout as e:
             raise StepFailed("DrainTimeout", f"{name}: {e}") from None
         return p.to(Phase.PROVISIONING, now(), f"{name}: drained and in MAINT on every LB", step=0)
-    if step.kind == StepKind.PROVISION and spec.ansible is not None:
+    if step.kind == StepKind.REBOOT:
+        try:
+            return await reboot_step(
+                a, spec, name, p, lambda: ensure_out_of_rotation(a, spec, name)
+            )
+        except RebootFailed as e:
+            raise StepFailed(e.reason, e.message) from None
+    if step.kind == StepKind.PROVISION and spec.ansible is not None and p.kind == Kind.PROVISION:
         await ensure_out_of_rotation(a, spec, name)
         if play is None:
             raise AssertionError("provision.ansible needs a PlayContext")
         return await provision_play(a, spec, name, p, target, play)
     if step.kind == StepKind.PROVISION:
-        cmd = spec.provision_commands[step.index]
-        total = len(spec.provision_commands)
+        commands, what = command_list(spec, p.kind)
+        cmd = commands[step.index]
+        total = len(commands)
         await ensure_out_of_rotation(a, spec, name)
+        rev = p.revision.as_dict() if p.revision else {}
         try:
             await a.ssh_run(
                 node.host,
                 node.ssh_port,
                 cmd,
-                env={"TARGET_VERSION": target, "NODE_NAME": name},
+                env={
+                    "TARGET_VERSION": target,
+                    "NODE_NAME": name,
+                    "CONFIG_REVISION": rev.get("config", ""),
+                },
                 timeout=spec.provision_timeout,
-                once_key=provision_key(name, target, p, step.index, cmd),
+                once_key=provision_key(name, target, p, step.index, once_text(p, cmd)),
             )
         except SSHCommandFailed as e:
             raise StepFailed(
-                "ProvisionFailed",
-                f"{name}: provision command {step.index + 1}/{total} ({shown_command(cmd)}) "
+                f"{what.capitalize()}Failed",
+                f"{name}: {what} command {step.index + 1}/{total} ({shown_command(cmd)}) "
                 f"failed: {e.outcome}",
             ) from None
         except SSHCommandTimeout as e:
             raise StepFailed(
-                "ProvisionTimeout",
-                f"{name}: provision command {step.index + 1}/{total} ({shown_command(cmd)}) "
+                f"{what.capitalize()}Timeout",
+                f"{name}: {what} command {step.index + 1}/{total} ({shown_command(cmd)}) "
                 f"timed out after {e.timeout:g}s",
             ) from None
         nxt = step.index + 1
+        if nxt >= total and p.kind == Kind.REBOOT:
+            return replace(p, step=nxt, attempts=0, message=f"{name}: patched; rebooting next")
         if nxt >= total:
-            return p.to(Phase.VERIFYING, now(), f"{name}: provisioned {target}", step=nxt)
+            done = "provisioned" if p.kind == Kind.PROVISION else "restarted on"
+            return p.to(Phase.VERIFYING, now(), f"{name}: {done} {target}", step=nxt)
         return replace(
-            p, step=nxt, attempts=0, message=f"{name}: provision command {nxt}/{total} done"
+            p, step=nxt, attempts=0, message=f"{name}: {what} command {nxt}/{total} done"
         )
     if step.kind == StepKind.VERIFY:
         r = await a.ssh_run(
@@ -145,6 +163,12 @@ async def run_step(
             )
         o = observed.get(name, NodeObservation())
         observed[name] = replace(o, version=got)
+        if p.revision is not None and p.revision.as_dict():
+            # What this update brought the node to, read back by every observation: a later
+            # change on the node (drift) or a lost status still shows the truth.
+            await a.ssh_run(
+                node.host, node.ssh_port, record_command(applied(p.kind, p.revision)), timeout=30
+            )
         return p.to(Phase.WAITING_HEALTHY, now(), f"{name}: runs {target}; waiting until healthy")
     if step.kind == StepKind.WAIT_HEALTHY:
         since = p.since or now()
@@ -224,6 +248,8 @@ async def provision_play(
         play.report(f"{name}: ansible task '{clip(pp.task, 120)}' ({pp.summary()})")
 
     extravars = {**ans.extra_vars, ans.version_variable: target}
+    if p.revision is not None and p.revision.config:
+        extravars["wso2_config_revision"] = p.revision.config
     try:
         final = await run_play(
             where, ans, content, extravars, key, report, limit_seconds=ans.timeout
@@ -236,6 +262,25 @@ async def provision_play(
         f"{name}: provisioned {target} with the play ({final.summary()}; {revision})",
         step=1,
     )
+
+
+def command_list(spec: ClusterSpec, kind: Kind) -> tuple[tuple[str, ...], str]:
+    """The commands of one node's update of this kind, and what a message calls them."""
+    if kind == Kind.RESTART:
+        return spec.maintenance.restart_commands, "restart"
+    if kind == Kind.REBOOT:
+        return spec.maintenance.patch_commands, "patch"
+    return spec.provision_commands, "provision"
+
+
+def once_text(p: NodeProgress, cmd: str) -> str:
+    """What a command's exactly-once key is made of besides the update: a restart or patch
+    command is keyed by the revision it serves (a provision command keeps its old key)."""
+    if p.kind == Kind.PROVISION:
+        return cmd
+    rev = p.revision.as_dict() if p.revision else {}
+    tokens = ",".join(f"{k}={v}" for k, v in rev.items())
+    return f"{p.kind}:{tokens}:{cmd}"
 
 
 def shown_command(cmd: str) -> str:

@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -61,6 +62,7 @@ TCP_ADMIN_PORT = 9999
 MAX_SOCKET_PATH = 80
 START_TIMEOUT = 30.0
 STANDIN_SOURCE = Path(__file__).with_name("standin.py")
+REBOOT_SOURCE = Path(__file__).with_name("reboot_node.py")
 # Set to 1 to keep a temporary fleet directory (logs, event files) after stop().
 KEEP_ENV = "W2F_KEEP"
 
@@ -411,6 +413,8 @@ class Fleet:
             Path(n.dir, "log", "installs.count").write_text("0\n")
             write_faults(Path(n.dir, "etc", "faults.json"), c.faults or {})
             shutil.copyfile(STANDIN_SOURCE, f"{n.dir}/opt/standin.py")
+            shutil.copyfile(REBOOT_SOURCE, f"{n.dir}/opt/reboot_node.py")
+            Path(n.dir, "run", "boot_id").write_text(f"{uuid.uuid4()}\n")
             ctl = Path(n.dir, "bin", "wso2ctl")
             ctl.write_text(
                 wso2ctl_script(

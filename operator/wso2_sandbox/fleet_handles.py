@@ -60,6 +60,17 @@ class NodeHandle:
         except FileNotFoundError:
             return ""
 
+    def boot_id(self) -> str:
+        """The node's current boot id (`wso2ctl boot-id`; a reboot changes it)."""
+        try:
+            return self._path("run", "boot_id").read_text().strip()
+        except FileNotFoundError:
+            return ""
+
+    def boot_ids(self) -> list[str]:
+        """The boot ids of the reboots this node went through, oldest first."""
+        return [str(e.get("boot_id")) for e in self.events() if e.get("event") == "boot"]
+
     def install_count(self) -> int:
         try:
             return int(self._path("log", "installs.count").read_text().strip() or 0)
@@ -113,14 +124,16 @@ class NodeHandle:
         boot_seconds: float | None = None,
         ready_gap_seconds: float | None = None,
         install_seconds: float | None = None,
+        reboot_seconds: float | None = None,
     ) -> None:
-        """Change the timing used by the next install / start on this node."""
+        """Change the timing used by the next install / start / reboot on this node."""
         path = self._path("etc", "standin.json")
         cfg = json.loads(path.read_text())
         for key, value in (
             ("boot_seconds", boot_seconds),
             ("ready_gap_seconds", ready_gap_seconds),
             ("install_seconds", install_seconds),
+            ("reboot_seconds", reboot_seconds),
         ):
             if value is not None:
                 cfg[key] = float(value)

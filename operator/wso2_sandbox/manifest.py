@@ -71,6 +71,13 @@ def fleet_manifests(
                 "healthyDeadlineSeconds": 60,
                 **(health or {}),
             },
+            # The fleet's stand-ins of `systemctl reboot` and /proc/sys/kernel/random/boot_id
+            # (restartCommands keep their default, wso2ctl stop/start).
+            "maintenance": {
+                "rebootCommand": "wso2ctl reboot",
+                "bootIdCommand": "wso2ctl boot-id",
+                "rebootTimeoutSeconds": 60,
+            },
             "update": {
                 "maxUnavailable": 1,
                 "drainTimeoutSeconds": 60,

@@ -21,7 +21,7 @@ from tests.integration.test_argocd_health import ALL, ARGOCD, load, run_lua
 
 ACTIONS_CM = ARGOCD / "argocd-cm-actions.yaml"
 ACTIONS_KEY = "resource.customizations.actions.vmops.dev_WSO2Cluster"
-NAMES = ("promote", "promote-full", "abort", "retry", "pause", "resume")
+NAMES = ("promote", "promote-full", "abort", "retry", "pause", "resume", "restart")
 # action -> (annotation, the status.rollout field with the value last acted on)
 TOKEN_ACTIONS = {
     "promote": ("vmops.dev/promote", "promoteToken"),
@@ -32,19 +32,19 @@ TOKEN_ACTIONS = {
 
 # fixture -> the actions discovery enables (the others are listed, disabled)
 ENABLED: dict[str, set[str]] = {
-    "new-no-status": {"pause"},
-    "ready": {"pause"},
-    "stale-generation": {"pause"},
-    "progressing": {"abort", "pause"},
-    "degraded": {"retry", "pause"},
-    "ready-after-retry": {"pause"},
-    "paused": {"abort", "resume"},
-    "rolling-back": {"retry", "pause"},
-    "rolled-back": {"retry", "pause"},
-    "handmade-step-paused-timed": {"promote", "promote-full", "abort", "pause"},
-    "handmade-step-paused-indefinite": {"promote", "promote-full", "abort", "pause"},
-    "handmade-analysis-failed-pause": {"retry", "pause"},
-    "handmade-analysis-failed-rolling-back": {"retry", "pause"},
+    "new-no-status": {"pause", "restart"},
+    "ready": {"pause", "restart"},
+    "stale-generation": {"pause", "restart"},
+    "progressing": {"abort", "pause", "restart"},
+    "degraded": {"retry", "pause", "restart"},
+    "ready-after-retry": {"pause", "restart"},
+    "paused": {"abort", "resume", "restart"},
+    "rolling-back": {"retry", "pause", "restart"},
+    "rolled-back": {"retry", "pause", "restart"},
+    "handmade-step-paused-timed": {"promote", "promote-full", "abort", "pause", "restart"},
+    "handmade-step-paused-indefinite": {"promote", "promote-full", "abort", "pause", "restart"},
+    "handmade-analysis-failed-pause": {"retry", "pause", "restart"},
+    "handmade-analysis-failed-rolling-back": {"retry", "pause", "restart"},
 }
 
 T0 = datetime(2026, 11, 30, 20, 1, 2, tzinfo=UTC)
@@ -122,7 +122,7 @@ def without(obj: dict[str, Any], *path: str) -> dict[str, Any]:
     return obj
 
 
-def test_definitions_are_the_six_actions() -> None:
+def test_definitions_are_the_seven_actions() -> None:
     actions = config()
     assert [d["name"] for d in actions["definitions"]] == list(NAMES)
     assert all(set(d) == {"name", "action.lua"} for d in actions["definitions"])
@@ -225,6 +225,28 @@ def test_actions_then_discovery() -> None:
     paused = run_action("pause", obj)
     assert discover(paused) == {**discover(obj), "pause": True, "resume": False}
     assert discover(run_action("resume", paused)) == discover(obj)
+
+
+@pytest.mark.parametrize("name", sorted(ENABLED))
+def test_restart_sets_only_spec_restarted_at(name: str) -> None:
+    obj = load(name)
+    out = run_action("restart", obj)
+    assert out["spec"]["restartedAt"] == "2026-11-30T20:01:02Z"
+    assert without(out, "spec", "restartedAt") == without(obj, "spec", "restartedAt")
+
+
+def test_restart_differs_between_calls() -> None:
+    """Each call is a new restart: within the same second too; the value is a valid
+    spec.restartedAt (the CRD's pattern)."""
+    from wso2_operator.revision import TOKEN_RE
+
+    obj = load("ready")
+    first = run_action("restart", obj)
+    again = run_action("restart", first)
+    later = run_action("restart", again, lambda: T0 + timedelta(seconds=1))
+    values = [o["spec"]["restartedAt"] for o in (first, again, later)]
+    assert values == ["2026-11-30T20:01:02Z", "2026-11-30T20:01:02Z-2", "2026-11-30T20:01:03Z"]
+    assert all(TOKEN_RE.fullmatch(v) for v in values)
 
 
 # Derived cases: a fixture with one field changed, for branches no fixture reaches.

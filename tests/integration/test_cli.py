@@ -126,7 +126,17 @@ def test_kubectl_discovers_the_plugin_on_path(kube: Kube) -> None:
     )
     assert str(BIN / "kubectl-w2c") in listed.stdout, listed.stdout + listed.stderr
     help_text = ok(w2c(kube, "--help"))
-    for verb in ("get", "list", "pause", "resume", "retry", "promote", "abort", "history"):
+    for verb in (
+        "get",
+        "list",
+        "pause",
+        "resume",
+        "retry",
+        "promote",
+        "abort",
+        "restart",
+        "history",
+    ):
         assert verb in help_text
     # Without the venv on PATH kubectl does not find it: the discovery above is what made it work.
     bare = subprocess.run(
@@ -244,6 +254,22 @@ def test_steering_verbs_set_a_new_annotation_value(
         assert "note: status shows no failed version to retry" in out
     else:
         assert "note:" not in out, out
+
+
+def test_restart_sets_a_new_spec_restarted_at(kube: Kube, ns: str) -> None:
+    """Each call is a new rolling restart, even within the same second; the value passes the
+    CRD's validation (the apiserver would refuse the patch otherwise)."""
+    name = make_cluster(kube, ns, "ready")
+    values = []
+    for _ in range(2):
+        out = ok(w2c(kube, "restart", name, "-n", ns))
+        value = get(kube, ns, name)["spec"]["restartedAt"]
+        assert f"spec.restartedAt={value}" in out, out
+        assert "the version unchanged" in out
+        values.append(value)
+    assert values[0] != values[1]
+    assert f"(was {values[0]})" in out
+    assert get(kube, ns, name)["spec"]["version"] == fixture("ready")["spec"]["version"]
 
 
 # --- history and undo --------------------------------------------------------------------------

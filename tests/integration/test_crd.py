@@ -877,6 +877,10 @@ FULL_STATUS: dict[str, Any] = {
             "step": 1,
             "startTime": T1,
             "attempts": 2,
+            "revision": {"config": "cfg-1", "restart": "2026-11-30T20:00:00Z", "patch": "p1"},
+            "targetRevision": {"config": "cfg-2", "restart": "2026-11-30T21:00:00Z", "patch": "p2"},
+            "maintenance": "Reboot",
+            "bootId": "0f3c1e5a-7b2d-4d6e-9a8b-1c2d3e4f5a6b",
         },
         {
             "name": "node3",
@@ -935,6 +939,8 @@ FULL_STATUS: dict[str, Any] = {
         "promotedFull": False,
         "aborted": False,
         "provisionRevision": "git:main@0123456789abcdef0123456789abcdef01234567",
+        "toRevision": {"config": "cfg-2", "restart": "2026-11-30T21:00:00Z", "patch": "p2"},
+        "maintenance": "OSPatch",
         "hooks": {
             "beforeRollout": {
                 "phase": "Succeeded",
@@ -992,6 +998,15 @@ FULL_STATUS: dict[str, Any] = {
             "message": "",
             "provisionRevision": "configmap:wso2ei-play@1234:sha256:0123456789abcdef",
             "hooks": "beforeRollout Succeeded, afterRollout Failed",
+        },
+        {
+            "fromVersion": "6.6.0",
+            "toVersion": "6.6.0",
+            "startTime": T1,
+            "endTime": T2,
+            "result": "Succeeded",
+            "message": "all nodes restarted on 6.6.0",
+            "maintenance": "Restart",
         },
     ],
 }

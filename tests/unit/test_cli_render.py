@@ -53,6 +53,24 @@ def test_get_of_a_provisioning_node_shows_the_command_step_and_no_analysis_colum
     assert "Message:     0/3 at 2.0.0; node1 Provisioning" in out  # Progressing's message
 
 
+def test_get_shows_each_nodes_revision_only_when_the_cluster_has_one() -> None:
+    obj = fx("progressing")
+    assert "REVISION" not in r.render_get(obj, NOW)
+    obj["status"]["nodes"][0]["revision"] = {"config": "cfg-2", "restart": "2026-11-30T21:00:00Z"}
+    lines = r.render_get(obj, NOW).splitlines()
+    assert lines[lines.index("") + 1].split()[:3] == ["NODE", "VERSION", "REVISION"]
+    rows = {line.split()[0]: line.split() for line in lines if line.startswith("node")}
+    assert rows["node1"][2:4] == ["config=cfg-2", "restart=2026-11-30T21:00:00Z"]
+    assert rows["node2"][2] == "-"
+
+
+def test_a_restarting_node_counts_its_restart_commands() -> None:
+    obj = fx("progressing")
+    obj["status"]["nodes"][0]["maintenance"] = "Restart"
+    row = next(line for line in r.render_get(obj, NOW).splitlines() if line.startswith("node1 "))
+    assert row.split()[2:4] == ["Provisioning", "1/2"]  # wso2ctl stop, wso2ctl start
+
+
 def test_get_says_when_status_is_stale_or_missing() -> None:
     stale = fx("stale-generation")
     assert "(the operator has not acted on the latest spec yet)" in r.render_get(stale, NOW)

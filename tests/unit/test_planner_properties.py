@@ -115,7 +115,10 @@ def unavailable_before(spec, observed, progress):
 @given(worlds())
 def test_never_more_than_max_unavailable_out(world):
     spec, observed, progress, rollout = world
-    p = plan(spec, observed, progress, rollout)
+    assert_within_budget(spec, observed, progress, plan(spec, observed, progress, rollout))
+
+
+def assert_within_budget(spec, observed, progress, p) -> None:
     before = unavailable_before(spec, observed, progress)
     after = before | {b.node for b in p.begin}
     # Starting a node that is still serving is only allowed within the budget...
