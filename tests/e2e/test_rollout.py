@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -282,17 +283,33 @@ def test_kill_nine_mid_node_then_resume(make_env, moment):
 def test_kill_nine_just_after_a_command_completes_runs_it_once(make_env):
     """The narrowest window: the install has exited on the node, the operator has not yet
     written that to status. Found by a chaos run (3 of 3 kills re-ran the install before the
-    node-side exactly-once marker); the node's own log counts the completed installs."""
+    node-side exactly-once marker); the node's own log counts the completed installs.
+
+    The kill waits for the install's marker, not for its install_end line: between that line
+    and the exit the command still writes to the channel, and a command that the vanished
+    channel interrupts there did not complete, so it rightly runs again."""
     env: Env = make_env(install_seconds=1.0)
     env.operator.start()
     env.apply_cluster("1.0.0")
     env.wait_ready()
     node2 = env.fleet.node("node2")
+    markers = Path(node2.dir) / "home/.local/state/wso2-operator/done"
+
+    def marker_count() -> int:
+        return len(list(markers.glob("*"))) if markers.is_dir() else 0
+
     env.patch_spec({"version": "2.0.0"})
     deadline = time.monotonic() + 90
-    while installs_completed(env, "node2", "2.0.0") == 0:
+    while not [
+        e for e in node2.events() if e["event"] == "install_start" and e.get("version") == "2.0.0"
+    ]:
+        assert time.monotonic() < deadline, "node2 never started its install"
+        time.sleep(0.002)
+    before_install = marker_count()  # `wso2ctl stop` has left its marker by now
+    while marker_count() == before_install:
         assert time.monotonic() < deadline, "node2 never finished its install"
         time.sleep(0.002)
+    assert installs_completed(env, "node2", "2.0.0") == 1
     env.operator.kill9()
     env.operator.start()
     obj = env.wait_ready(timeout=150)
