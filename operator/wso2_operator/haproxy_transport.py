@@ -145,6 +145,11 @@ class _InteractiveTransport(ABC):
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.description}>"
 
+    @property
+    def connected(self) -> bool:
+        """A session is kept open (it may still turn out dead on the next command)."""
+        return self._writer is not None
+
     async def _connect(self) -> None:
         started = time.monotonic()
         try:
