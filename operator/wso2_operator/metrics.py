@@ -4,17 +4,16 @@ The exporter is started by `--metrics-port` (see __main__); without it the calls
 update in-process values, which costs next to nothing. It has no authentication and serves the
 series below plus the Python process metrics; the labels carry WSO2Cluster namespaces and names,
 step names and error class names, never commands or Secret data. Hosts appear in one series
-only, `wso2_open_connections` (the LB and node addresses of the WSO2Cluster specs). `--metrics-address`
-picks the interface (0.0.0.0 by default, so Prometheus can scrape the Pod IP; the NetworkPolicy
+only, `wso2_open_connections` (the LB and node addresses of the WSO2Cluster specs).
+`--metrics-address` picks the interface (0.0.0.0 by default, so Prometheus can scrape the Pod IP; the NetworkPolicy
 in manifests/ limits who can connect).
 """
 
 from __future__ import annotations
 
 import threading
-from wsgiref.simple_server import WSGIServer
-
 from collections.abc import Iterator
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
