@@ -5,8 +5,8 @@ update in-process values, which costs next to nothing. It has no authentication 
 series below plus the Python process metrics; the labels carry WSO2Cluster namespaces and names,
 step names and error class names, never commands or Secret data. Hosts appear in one series
 only, `wso2_open_connections` (the LB and node addresses of the WSO2Cluster specs).
-`--metrics-address` picks the interface (0.0.0.0 by default, so Prometheus can scrape the Pod IP; the NetworkPolicy
-in manifests/ limits who can connect).
+`--metrics-address` picks the interface (0.0.0.0 by default, so Prometheus can scrape the Pod
+IP; the NetworkPolicy in manifests/ limits who can connect).
 """
 
 from __future__ import annotations
