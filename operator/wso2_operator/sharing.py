@@ -101,6 +101,15 @@ class RefRegistry(Generic[V]):
     def values(self) -> list[V]:
         return [e.value for e in list(self.entries.values())]
 
+    async def aclose(self) -> None:
+        """Close everything now, in use or not (the process or its loop is ending)."""
+        entries, self.entries = list(self.entries.values()), {}
+        for entry in entries:
+            if entry.closing is not None:
+                entry.closing.cancel()
+            await self._close_quietly(entry.value)
+        await asyncio.gather(*self._closers, return_exceptions=True)
+
 
 class TenantTransport:
     """One cluster's view of a shared LB session: same commands, fair turns, own lifetime."""
@@ -162,6 +171,10 @@ class Sharing:
             key, lambda: SharedLBSession(fresh, FairGate(fresh.description))
         )
         return TenantTransport(shared, tenant, lambda: self.sessions.release(key, shared))
+
+    async def aclose(self) -> None:
+        await self.sessions.aclose()
+        await self.executors.aclose()
 
     def open_connections(self) -> Counter[tuple[str, str]]:
         """(kind, "host:port") -> open connections: "ssh" per host, "lb" per LB session."""
