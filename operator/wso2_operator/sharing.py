@@ -27,12 +27,14 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import time
 import weakref
 from collections import Counter
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from .errors import LBUnreachable
 from .fair_gate import FairGate
 from .haproxy_transport import SshUnixTransport, Transport
 from .ssh import SSHCredentials, SSHExecutor
@@ -124,8 +126,22 @@ class TenantTransport:
         return f"<TenantTransport {self.description} for {self.tenant}>"
 
     async def command(self, line: str) -> str:
+        queued = time.monotonic()
         async with self.shared.gate.turn(self.tenant):
-            return await self.shared.inner.command(line)
+            failed = self.shared.failed
+            if failed is not None and failed[0] >= queued:
+                # The LB failed to answer a command that went ahead of this one while it
+                # waited: one attempt (connect or reply timeout) per dead LB, not one per
+                # queued command, which would hold the last cluster in line for
+                # queue length x timeout. Nothing was sent, so failing is safe.
+                raise LBUnreachable(f"{failed[1]} (met by a command queued ahead; not retried)")
+            try:
+                reply = await self.shared.inner.command(line)
+            except LBUnreachable as e:
+                self.shared.failed = (time.monotonic(), str(e))
+                raise
+            self.shared.failed = None
+            return reply
 
     async def reset(self) -> None:
         # A reset is asked for when the session is on a stopping worker: that holds for every
@@ -143,6 +159,8 @@ class TenantTransport:
 class SharedLBSession:
     inner: Transport
     gate: FairGate
+    # When the last command met an unreachable LB, and what it said; None after a reply.
+    failed: tuple[float, str] | None = None
 
 
 @dataclass

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from prometheus_client import REGISTRY, generate_latest
 
+from tests.e2e.test_faults import signal_all, sshd_tree
 from wso2_operator import sharing
 from wso2_operator.adapters import Adapters, lb_view
-from wso2_operator.errors import NoSuchBackend
+from wso2_operator.errors import LBUnreachable, NoSuchBackend
 from wso2_operator.model import ClusterSpec
 from wso2_operator.observation import MAINT, UP
 from wso2_sandbox.fleet import Fleet, FleetConfig
@@ -162,3 +164,28 @@ async def test_the_last_cluster_gone_closes_the_shared_connections(shared_fleet:
     assert lb_connections(shared_fleet) == {"lb1": 0, "lb2": 0}
     assert not registry.open_connections()
     await registry.aclose()
+
+
+async def test_commands_queued_behind_a_dead_lb_fail_with_it_not_one_timeout_each(
+    shared_fleet: Fleet, adapters: list[Adapters]
+) -> None:
+    specs = [cluster_spec(shared_fleet, k) for k in range(CLUSTERS)]
+    await asyncio.gather(*(lb_view(s, a) for s, a in zip(specs, adapters, strict=True)))
+    lb2 = shared_fleet.lbs[1]
+    frozen = sshd_tree(lb2.dir)  # lb2's host stops answering; its session stays open
+    signal_all(frozen, signal.SIGSTOP)
+    try:
+        calls = [
+            a.pool.clients[1].servers(s.backend)
+            for s, a in zip(specs, adapters, strict=True)
+            for _ in range(2)
+        ]
+        errors = await asyncio.gather(*calls, return_exceptions=True)
+    finally:
+        signal_all(frozen, signal.SIGCONT)
+    assert all(isinstance(e, LBUnreachable) for e in errors), errors
+    # One command met the dead LB; the five queued behind it were told at once.
+    waited = [e for e in errors if "queued ahead" not in str(e)]
+    assert len(waited) == 1, errors
+    # Back: the next command of any cluster opens a new session and gets an answer.
+    assert not (await lb_view(specs[2], adapters[2])).errors
