@@ -27,12 +27,12 @@ class CountingName(str):
 
 
 def world(
-    n: int, percent: int, *, out_every: int = 0
+    n: int, percent: int, *, out_every: int = 0, name: type[str] = CountingName
 ) -> tuple[ClusterSpec, dict[str, NodeObservation], dict[str, NodeProgress]]:
     """n nodes at OLD; maxUnavailable ``percent`` % of n; every ``out_every``-th node held in
     MAINT by an admin and every (out_every+1)-th in flight, so that every branch that walks
-    the node list has something to find."""
-    names = [CountingName(f"node{i:04d}") for i in range(n)]
+    the node list has something to find. ``name=str`` for timing (no counting)."""
+    names = [name(f"node{i:04d}") for i in range(n)]
     spec = ClusterSpec(
         version=NEW,
         nodes=tuple(NodeSpec(name, f"10.{i // 250}.{i % 250}.1") for i, name in enumerate(names)),
