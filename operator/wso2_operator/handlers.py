@@ -7,6 +7,7 @@ so kopf's own handler-progress annotations play no part in correctness.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from typing import Any
@@ -112,7 +113,43 @@ async def reconcile(
     )
     memo.reconciler = r
     memo.seen = _trigger(body)
-    await r.run(stopped)
+    cleanup = None
+    if SHARD.terms and shard.FINALIZER in (body.get("metadata", {}).get("finalizers") or []):
+        cleanup = asyncio.create_task(_drop_unsharded_finalizer(memo.kube, namespace, name))
+    try:
+        await r.run(stopped)
+    finally:
+        if cleanup is not None:
+            cleanup.cancel()
+
+
+async def _drop_unsharded_finalizer(kube: KubeAdapter, namespace: str, name: str) -> None:
+    """A cluster from before sharding carries the unsharded operator's finalizer, which no
+    shard would ever remove (each has its own): deleting the cluster would hang. Its shard
+    takes it off, alongside the reconcile loop. kopf adds the shard's own finalizer at about
+    the same moment, which makes the guarded patch fail (422): read again and retry."""
+    log = logging.getLogger(__name__)
+    for attempt in range(1, 31):
+        try:
+            if await kube.drop_finalizer(namespace, name, shard.FINALIZER):
+                log.info(
+                    "[%s/%s] removed the unsharded finalizer %s (now %s)",
+                    namespace,
+                    name,
+                    shard.FINALIZER,
+                    SHARD.finalizer,
+                )
+            return
+        except Exception as e:
+            if attempt % 10 == 0:
+                log.warning(
+                    "[%s/%s] still cannot remove the unsharded finalizer %s: %s",
+                    namespace,
+                    name,
+                    shard.FINALIZER,
+                    e,
+                )
+        await asyncio.sleep(min(10.0, 0.2 * attempt))
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL, id="wake", when=IN_SHARD)

@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import REPO, Kube, ready_at, wait_for
 from tests.e2e.conftest import FAST, OperatorProcess
-from wso2_operator.shard import parse_selector
+from wso2_operator.shard import FINALIZER, parse_selector
 from wso2_sandbox.fleet import Fleet, FleetConfig
 from wso2_sandbox.manifest import fleet_manifests
 
@@ -52,6 +52,8 @@ def test_each_shard_updates_only_its_own_clusters_once(
                 backend=backend_of[name],
             )
             docs[1]["metadata"]["labels"] = {"shard": shard}
+            # As left by an operator from before sharding: no shard may leave it behind.
+            docs[1]["metadata"]["finalizers"] = [FINALIZER]
             for doc in docs:
                 kube.apply(doc)
 
@@ -104,7 +106,7 @@ def test_each_shard_updates_only_its_own_clusters_once(
     for shard, clusters in SHARDS.items():
         own = parse_selector(f"shard={shard}")
         # Only this shard's finalizer on its clusters (a shared name would have been stripped
-        # by the other shard's kopf, which does not handle them).
+        # by the other shard's kopf, which does not handle them), the unsharded one gone.
         for name in clusters:
             assert get(name)["metadata"].get("finalizers") == [own.finalizer], name
         log = operators[shard].log()
