@@ -56,6 +56,9 @@ SSH_WINDOW = 1024 * 1024
 class Transport(Protocol):
     description: str
 
+    @property
+    def connected(self) -> bool: ...
+
     async def command(self, line: str) -> str: ...
 
     async def reset(self) -> None: ...

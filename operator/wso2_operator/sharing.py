@@ -125,6 +125,10 @@ class TenantTransport:
     def __repr__(self) -> str:
         return f"<TenantTransport {self.description} for {self.tenant}>"
 
+    @property
+    def connected(self) -> bool:
+        return self.shared.inner.connected
+
     async def command(self, line: str) -> str:
         queued = time.monotonic()
         async with self.shared.gate.turn(self.tenant):
@@ -201,7 +205,7 @@ class Sharing:
             for host, port in ex.open_hosts():
                 counts["ssh", f"{host}:{port}"] += 1
         for s in self.sessions.values():
-            if s.inner.connected:  # type: ignore[attr-defined]
+            if s.inner.connected:
                 counts["lb", lb_address(s.inner)] += 1
         return counts
 
