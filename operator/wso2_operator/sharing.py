@@ -14,9 +14,8 @@ sharing, every cluster opens its own SSH connection and admin session to every L
   that command alone; only a dead session fails the command that met it, and the next command
   (of whichever cluster) opens a new one, once, for everybody.
 
-Both are reference-counted: the last user's release closes the resource after ``IDLE_CLOSE``
-seconds unless someone takes it again, so a cluster that rebuilds its adapters (a Secret
-rotation) does not make the others reconnect. Acquire and release never await, so a cancelled
+Both are reference-counted: the last user's release closes the resource (after ``IDLE_CLOSE``
+seconds, unless someone takes it again). Acquire and release never await, so a cancelled
 caller cannot leave a count wrong. Registries are per event loop (asyncio objects are bound to
 their loop).
 """
@@ -43,8 +42,10 @@ log = logging.getLogger(__name__)
 
 V = TypeVar("V")
 
-# Seconds an unused executor or LB session stays open for the next user.
-IDLE_CLOSE = 30.0
+# Seconds an unused executor or LB session stays open for the next user. Zero: a cluster that
+# rebuilds its adapters (new Secret) takes the new ones before it gives the old ones back, and
+# a replica that pauses (peering) or stops must let go of its connections at once.
+IDLE_CLOSE = 0.0
 
 
 @dataclass
