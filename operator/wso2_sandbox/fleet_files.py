@@ -67,15 +67,28 @@ def haproxy_config(
     tcp_admin: tuple[str, int] | None,
     servers: Sequence[tuple[str, str, int]],
     backend: str = BACKEND,
+    backends: Mapping[str, Sequence[str]] | None = None,
 ) -> str:
+    """``backends``: backend name -> server names, for several clusters on one LB (the frontend
+    routes to the first); without it, every server is in ``backend``."""
     tcp_line = (
         f"    stats socket ipv4@{tcp_admin[0]}:{tcp_admin[1]} level admin\n" if tcp_admin else ""
     )
+    groups = backends or {backend: [s[0] for s in servers]}
+    by_name = {s[0]: s for s in servers}
     # An explicit weight of 100 (HAProxy's default is 1) lets a traffic ramp `set weight` in
     # steps of 1 % of a node's configured share.
-    server_lines = "".join(
-        f"    server {sname} {addr}:{port} weight {SERVER_WEIGHT} check inter 500ms fall 2 rise 2\n"
-        for sname, addr, port in servers
+    sections = "\n".join(
+        f"""backend {group}
+    balance roundrobin
+    option httpchk GET /health
+"""
+        + "".join(
+            f"    server {sname} {addr}:{port} weight {SERVER_WEIGHT} check inter 500ms fall 2 "
+            "rise 2\n"
+            for sname, addr, port in (by_name[m] for m in members)
+        )
+        for group, members in groups.items()
     )
     # No retries/redispatch tuning on purpose: the sandbox must show failures the way a stock
     # production config would, not hide them.
@@ -94,12 +107,9 @@ defaults
 
 frontend fe_wso2
     bind {frontend[0]}:{frontend[1]}
-    default_backend {backend}
+    default_backend {next(iter(groups))}
 
-backend {backend}
-    balance roundrobin
-    option httpchk GET /health
-{server_lines}"""
+{sections}"""
 
 
 def wso2ctl_script(
