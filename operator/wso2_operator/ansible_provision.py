@@ -37,6 +37,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .ansible_leash import LOCK_NAME, held, write_leash
 from .errors import WSO2OperatorError
 from .model import AnsibleSource, AnsibleSpec
 from .textcap import cap, clip
@@ -50,7 +51,7 @@ OWN_TASK_PREFIX = "wso2-operator:"
 # sets them from the Secret; a spec that sets them could turn host key checking off.
 CONNECTION_VAR_RE = re.compile(
     r"ansible_(ssh_.*|host|port|user|connection|password|become_pass.*|private_key_file|"
-    r"paramiko_.*|host_key_checking|ssh_common_args|ssh_extra_args)"
+    r"paramiko_.*|host_key_checking|ssh_common_args|ssh_extra_args|pipelining)"
 )
 # Where the on-host markers live; the same directory as ssh.py's markers of provision commands.
 MARKER_DIR = "${XDG_STATE_HOME:-$HOME/.local/state}/wso2-operator/done"
@@ -534,6 +535,7 @@ async def run_play(
         key.chmod(0o600)
         kh = data_dir / "ssh" / "known_hosts"
         kh.write_text(target.known_hosts)
+        leash, _ = write_leash(data_dir / "ssh")
         (project / "wso2-operator-play.yml").write_text(
             json.dumps(wrapper_play(spec, marker_key), indent=1)
         )
@@ -558,7 +560,10 @@ async def run_play(
             "ANSIBLE_HOST_KEY_CHECKING": "True",
             # No ControlPersist: a master connection must not outlive this run's data dir.
             "ANSIBLE_SSH_ARGS": "-o ControlMaster=no -o ControlPersist=no",
-            "ANSIBLE_PIPELINING": "True",
+            # Off, so that modules run on a pty and die with their connection (ansible_leash).
+            "ANSIBLE_PIPELINING": "False",
+            "ANSIBLE_SSH_USETTY": "True",
+            "ANSIBLE_SSH_EXECUTABLE": str(leash),
             "ANSIBLE_RETRY_FILES_ENABLED": "False",
             "ANSIBLE_ROLES_PATH": str(project / "roles"),
             "ANSIBLE_NOCOLOR": "1",
@@ -586,7 +591,8 @@ async def run_play(
     def work() -> tuple[str, int | None]:
         try:
             kw = prepare()
-            r = ansible_runner.run(**kw)
+            with held(data_dir / "ssh" / LOCK_NAME):
+                r = ansible_runner.run(**kw)
             return str(r.status), r.rc
         finally:
             shutil.rmtree(data_dir, ignore_errors=True)
