@@ -279,6 +279,22 @@ def git_revision(ref: str, sha: str) -> str:
     return f"git:{clip(ref, 100)}@{sha}"
 
 
+def git_problem(stderr: str) -> str:
+    """Why a git command failed, from its stderr, first what ssh said about the host key or the
+    key (ssh's banner about a changed host key is many lines long and would fill the message),
+    else git's own last ``fatal:`` line (or the last line)."""
+    if "Host key verification failed" in stderr:
+        return (
+            "Host key verification failed: the Git host's key is not in the Secret's "
+            "known_hosts or does not match it (host keys are checked strictly)"
+        )
+    if "Permission denied (publickey" in stderr:
+        return "Permission denied (publickey): the Git host refused the Secret's SSH key"
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    fatal = [ln for ln in lines if ln.startswith("fatal:")]
+    return clip((fatal or lines or ["no message"])[-1], 300)
+
+
 def shown_url(url: str) -> str:
     """A Git URL for a message, without any user:password@ part."""
     return re.sub(r"//[^/@]*@", "//", clip(url, 200))
@@ -450,7 +466,7 @@ async def _git_cmd(env: dict[str, str], *args: str) -> str:
         shown = [shown_url(a) if "://" in a or "@" in a else a for a in args[:3]]
         raise ContentProblem(
             "ProvisionContentUnavailable",
-            f"git {' '.join(shown)} failed: {clip(err.decode('utf-8', 'replace').strip(), 300)}",
+            f"git {' '.join(shown)} failed: {git_problem(err.decode('utf-8', 'replace'))}",
         )
     return out.decode()
 

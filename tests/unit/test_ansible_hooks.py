@@ -22,6 +22,7 @@ from wso2_operator.ansible_provision import (
     configmap_digest,
     configmap_revision,
     failure_text,
+    git_problem,
     revision_digest,
     shown_url,
     unpack_configmap,
@@ -166,6 +167,32 @@ def test_configmap_revision_tracks_content_not_metadata():
     assert rev == f"configmap:play@123:sha256:{d}" and revision_digest(rev) == d
     assert revision_digest("git:main@abc") == "abc"
     assert shown_url("https://user:tok@example.com/r.git") == "https://example.com/r.git"
+
+
+CHANGED_KEY = """@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@
+@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @
+@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@
+IT IS POSSIBLE THAT SOMEONE IS DOING SOMETHING NASTY!
+The fingerprint for the ED25519 key sent by the remote host is
+SHA256:4q0Vd1kq1Vb0lWQk2f0aS7bq3yqYbX8v9p6o2m1n0k8.
+Offending ED25519 key in /tmp/wso2-operator/content/git-x/.known_hosts:1
+Host key verification failed.
+fatal: Could not read from remote repository.
+
+Please make sure you have the correct access rights
+and the repository exists.
+"""
+
+
+def test_git_problem_says_first_what_ssh_refused():
+    assert git_problem(CHANGED_KEY).startswith("Host key verification failed: the Git host's")
+    denied = "git@h: Permission denied (publickey).\nfatal: Could not read from remote repository."
+    assert "refused the Secret's SSH key" in git_problem(denied)
+    assert git_problem("warning: x\nfatal: repository 'file:///r' does not exist\n") == (
+        "fatal: repository 'file:///r' does not exist"
+    )
+    assert git_problem("") == "no message"
+    assert len(git_problem("x" * 5000)) <= 300
 
 
 def _tar(name: str, data: bytes = b"x") -> str:
