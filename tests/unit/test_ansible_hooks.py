@@ -119,7 +119,9 @@ def test_playbook_errors_outside_tasks_are_kept():
 def test_connection_variables_are_refused():
     ok = AnsibleSpec(source=AnsibleSource(config_map="c"), role="r", extra_vars={"a": 1})
     assert check_vars(ok) is None
-    for bad in ("ansible_ssh_common_args", "ansible_host", "ansible_ssh_extra_args"):
+    # Pipelining back on would take the pty, so a killed run's task would finish on the node.
+    bad_vars = ("ansible_ssh_common_args", "ansible_host", "ansible_ssh_extra_args")
+    for bad in (*bad_vars, "ansible_pipelining", "ansible_ssh_pipelining"):
         assert bad in (check_vars(replace(ok, group_vars={bad: "x"})) or "")
     assert "not a variable name" in (check_vars(replace(ok, version_variable="a-b")) or "")
 
