@@ -421,7 +421,7 @@ def test_git_over_ssh_ansible_hooks_after_hook_degraded_and_provision_timeout(ma
     }
     patch_update(env, {"hooks": hooks})
     obj = env.wait_for(
-        lambda o: (o.get("status", {}).get("history") or [{}])[-1].get("to") == "2.0.0",
+        lambda o: (o.get("status", {}).get("history") or [{}])[-1].get("toVersion") == "2.0.0",
         timeout=180,
         what="the 2.0.0 rollout in history",
     )
