@@ -301,11 +301,42 @@ def shown_url(url: str) -> str:
 
 
 # ------------------------------------------------------------------------------------- content
-def _extract_tar(blob: bytes, dest: Path) -> None:
+# tarfile's "data" filter came with Python 3.11.4; the image's base may be older (3.11.2).
+HAS_DATA_FILTER = hasattr(tarfile, "data_filter")
+
+
+def _extract_tar(blob: bytes, dest: Path, data_filter: bool = HAS_DATA_FILTER) -> None:
     """A tar.gz from binaryData into dest; the "data" filter refuses absolute paths, links out
-    of dest, devices and setuid bits (content from a ConfigMap is not trusted with the FS)."""
+    of dest, devices and setuid bits (content from a ConfigMap is not trusted with the FS).
+    Without it, ``checked_members`` applies the same rules."""
     with tarfile.open(fileobj=io.BytesIO(blob), mode="r:*") as tf:
-        tf.extractall(dest, filter="data")
+        if data_filter:
+            tf.extractall(dest, filter="data")
+        else:
+            tf.extractall(dest, members=checked_members(tf.getmembers(), dest))
+
+
+def checked_members(members: list[tarfile.TarInfo], dest: Path) -> list[tarfile.TarInfo]:
+    """The "data" filter's rules for a Python that lacks it: every path and link target stays
+    inside dest, only files, directories and links, no setuid/setgid/sticky or group/other
+    write bits. Raises tarfile.TarError naming the first member that breaks one."""
+    root = dest.resolve()
+
+    def inside(p: Path) -> bool:
+        return p.resolve().is_relative_to(root)
+
+    for m in members:
+        name = clip(m.name, 100)
+        if os.path.isabs(m.name) or not inside(root / m.name):
+            raise tarfile.TarError(f"{name!r} would be written outside the content")
+        if m.issym() or m.islnk():
+            base = (root / m.name).parent if m.issym() else root
+            if os.path.isabs(m.linkname) or not inside(base / m.linkname):
+                raise tarfile.TarError(f"{name!r} links outside the content")
+        elif not (m.isfile() or m.isdir()):
+            raise tarfile.TarError(f"{name!r} is not a file, directory or link")
+        m.mode &= 0o755
+    return members
 
 
 def unpack_configmap(data: Mapping[str, str], binary: Mapping[str, str], dest: Path) -> None:
