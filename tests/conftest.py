@@ -83,6 +83,18 @@ class Kube:
     def get_json(self, *args: str) -> dict:
         return json.loads(self.run("get", *args, "-o", "json").stdout)
 
+    def wait_established(self, *crds: str, timeout: float = 60) -> None:
+        """`kubectl wait` fails at once (rather than waiting) while a new CRD has no conditions
+        yet ("accessor error: <nil>"), so it is retried until the deadline."""
+        deadline = time.monotonic() + timeout
+        while True:
+            proc = self.run("wait", "--for=condition=Established", *crds, "--timeout=30s",
+                            check=False)  # fmt: skip
+            if proc.returncode == 0:
+                return
+            assert time.monotonic() < deadline, f"CRDs not Established: {proc.stderr}"
+            time.sleep(0.2)
+
     def new_namespace(self, prefix: str = "t") -> str:
         name = f"{prefix}-{uuid.uuid4().hex[:8]}"
         self.run("create", "namespace", name)
@@ -101,7 +113,7 @@ def kube(control_plane: ControlPlane) -> Kube:
     assert control_plane.kubeconfig is not None
     k = Kube(control_plane.kubeconfig)
     k.run("apply", "-f", str(CRD))
-    k.run("wait", "--for=condition=Established", "crd/wso2clusters.vmops.dev", "--timeout=60s")
+    k.wait_established("crd/wso2clusters.vmops.dev")
     return k
 
 

@@ -507,7 +507,7 @@ CRDS = ("wso2clusters.vmops.dev", "clusterkopfpeerings.kopf.dev", "kopfpeerings.
 def install(kube: Kube) -> None:
     """The documented install, one command on a control plane that has none of it yet."""
     kube.run("apply", "-k", str(MANIFESTS))
-    kube.run("wait", "--for=condition=Established", *(f"crd/{c}" for c in CRDS), "--timeout=60s")
+    kube.wait_established(*(f"crd/{c}" for c in CRDS))
 
 
 @pytest.fixture(scope="module")
@@ -855,9 +855,7 @@ def test_namespaced_overlay_scopes_the_operator_to_its_namespaces(tmp_path: Path
         out = admin.run("apply", "-k", str(NAMESPACED)).stdout
         assert "networkpolicy.networking.k8s.io/wso2-operator created" in out
         assert "role.rbac.authorization.k8s.io/wso2-operator created" in out
-        admin.run(
-            "wait", "--for=condition=Established", *(f"crd/{c}" for c in CRDS), "--timeout=60s"
-        )
+        admin.wait_established(*(f"crd/{c}" for c in CRDS))
         dry = admin.run("apply", "--dry-run=server", "-k", str(NAMESPACED)).stdout
         assert all(ln.endswith("(server dry run)") for ln in dry.strip().splitlines()), dry
 
