@@ -83,6 +83,9 @@ class Kube:
     def get_json(self, *args: str) -> dict:
         return json.loads(self.run("get", *args, "-o", "json").stdout)
 
+    def wait_established(self, *crds: str, timeout: float = 60) -> None:
+        wait_established(self.run, list(crds), AssertionError, timeout)
+
     def new_namespace(self, prefix: str = "t") -> str:
         name = f"{prefix}-{uuid.uuid4().hex[:8]}"
         self.run("create", "namespace", name)
@@ -101,8 +104,7 @@ def kube(control_plane: ControlPlane) -> Kube:
     assert control_plane.kubeconfig is not None
     k = Kube(control_plane.kubeconfig)
     k.run("apply", "-f", str(CRD))
-    # kubectl wait fails at once while a new CRD has no conditions yet (seen under load).
-    wait_established(k.run, ["crd/wso2clusters.vmops.dev"], AssertionError)
+    k.wait_established("crd/wso2clusters.vmops.dev")
     return k
 
 

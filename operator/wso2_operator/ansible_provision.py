@@ -38,6 +38,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .ansible_leash import LOCK_NAME, held, write_leash
 from .errors import WSO2OperatorError
 from .model import AnsibleSource, AnsibleSpec
 from .textcap import cap, clip
@@ -51,7 +52,7 @@ OWN_TASK_PREFIX = "wso2-operator:"
 # sets them from the Secret; a spec that sets them could turn host key checking off.
 CONNECTION_VAR_RE = re.compile(
     r"ansible_(ssh_.*|host|port|user|connection|password|become_pass.*|private_key_file|"
-    r"paramiko_.*|host_key_checking|ssh_common_args|ssh_extra_args)"
+    r"paramiko_.*|host_key_checking|ssh_common_args|ssh_extra_args|pipelining)"
 )
 # Where the on-host markers live; the same directory as ssh.py's markers of provision commands.
 MARKER_DIR = "${XDG_STATE_HOME:-$HOME/.local/state}/wso2-operator/done"
@@ -286,17 +287,64 @@ def git_revision(ref: str, sha: str) -> str:
     return f"git:{clip(ref, 100)}@{sha}"
 
 
+def git_problem(stderr: str) -> str:
+    """Why a git command failed, from its stderr, first what ssh said about the host key or the
+    key (ssh's banner about a changed host key is many lines long and would fill the message),
+    else git's own last ``fatal:`` line (or the last line)."""
+    if "Host key verification failed" in stderr:
+        return (
+            "Host key verification failed: the Git host's key is not in the Secret's "
+            "known_hosts or does not match it (host keys are checked strictly)"
+        )
+    if "Permission denied (publickey" in stderr:
+        return "Permission denied (publickey): the Git host refused the Secret's SSH key"
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    fatal = [ln for ln in lines if ln.startswith("fatal:")]
+    return clip((fatal or lines or ["no message"])[-1], 300)
+
+
 def shown_url(url: str) -> str:
     """A Git URL for a message, without any user:password@ part."""
     return re.sub(r"//[^/@]*@", "//", clip(url, 200))
 
 
 # ------------------------------------------------------------------------------------- content
-def _extract_tar(blob: bytes, dest: Path) -> None:
+# tarfile's "data" filter came with Python 3.11.4; the image's base may be older (3.11.2).
+HAS_DATA_FILTER = hasattr(tarfile, "data_filter")
+
+
+def _extract_tar(blob: bytes, dest: Path, data_filter: bool = HAS_DATA_FILTER) -> None:
     """A tar.gz from binaryData into dest; the "data" filter refuses absolute paths, links out
-    of dest, devices and setuid bits (content from a ConfigMap is not trusted with the FS)."""
+    of dest, devices and setuid bits (content from a ConfigMap is not trusted with the FS).
+    Without it, ``checked_members`` applies the same rules."""
     with tarfile.open(fileobj=io.BytesIO(blob), mode="r:*") as tf:
-        tf.extractall(dest, filter="data")
+        if data_filter:
+            tf.extractall(dest, filter="data")
+        else:
+            tf.extractall(dest, members=checked_members(tf.getmembers(), dest))
+
+
+def checked_members(members: list[tarfile.TarInfo], dest: Path) -> list[tarfile.TarInfo]:
+    """The "data" filter's rules for a Python that lacks it: every path and link target stays
+    inside dest, only files, directories and links, no setuid/setgid/sticky or group/other
+    write bits. Raises tarfile.TarError naming the first member that breaks one."""
+    root = dest.resolve()
+
+    def inside(p: Path) -> bool:
+        return p.resolve().is_relative_to(root)
+
+    for m in members:
+        name = clip(m.name, 100)
+        if os.path.isabs(m.name) or not inside(root / m.name):
+            raise tarfile.TarError(f"{name!r} would be written outside the content")
+        if m.issym() or m.islnk():
+            base = (root / m.name).parent if m.issym() else root
+            if os.path.isabs(m.linkname) or not inside(base / m.linkname):
+                raise tarfile.TarError(f"{name!r} links outside the content")
+        elif not (m.isfile() or m.isdir()):
+            raise tarfile.TarError(f"{name!r} is not a file, directory or link")
+        m.mode &= 0o755
+    return members
 
 
 def unpack_configmap(data: Mapping[str, str], binary: Mapping[str, str], dest: Path) -> None:
@@ -457,7 +505,7 @@ async def _git_cmd(env: dict[str, str], *args: str) -> str:
         shown = [shown_url(a) if "://" in a or "@" in a else a for a in args[:3]]
         raise ContentProblem(
             "ProvisionContentUnavailable",
-            f"git {' '.join(shown)} failed: {clip(err.decode('utf-8', 'replace').strip(), 300)}",
+            f"git {' '.join(shown)} failed: {git_problem(err.decode('utf-8', 'replace'))}",
         )
     return out.decode()
 
@@ -542,6 +590,7 @@ async def run_play(
         key.chmod(0o600)
         kh = data_dir / "ssh" / "known_hosts"
         kh.write_text(target.known_hosts)
+        leash, _ = write_leash(data_dir / "ssh")
         (project / "wso2-operator-play.yml").write_text(
             json.dumps(wrapper_play(spec, marker_key), indent=1)
         )
@@ -566,7 +615,10 @@ async def run_play(
             "ANSIBLE_HOST_KEY_CHECKING": "True",
             # No ControlPersist: a master connection must not outlive this run's data dir.
             "ANSIBLE_SSH_ARGS": "-o ControlMaster=no -o ControlPersist=no",
-            "ANSIBLE_PIPELINING": "True",
+            # Off, so that modules run on a pty and die with their connection (ansible_leash).
+            "ANSIBLE_PIPELINING": "False",
+            "ANSIBLE_SSH_USETTY": "True",
+            "ANSIBLE_SSH_EXECUTABLE": str(leash),
             "ANSIBLE_RETRY_FILES_ENABLED": "False",
             "ANSIBLE_ROLES_PATH": str(project / "roles"),
             "ANSIBLE_NOCOLOR": "1",
@@ -594,7 +646,8 @@ async def run_play(
     def work() -> tuple[str, int | None]:
         try:
             kw = prepare()
-            r = ansible_runner.run(**kw)
+            with held(data_dir / "ssh" / LOCK_NAME):
+                r = ansible_runner.run(**kw)
             return str(r.status), r.rc
         finally:
             shutil.rmtree(data_dir, ignore_errors=True)

@@ -132,6 +132,7 @@ def test_seed_role_from_configmap_and_git_with_hooks_and_kill_nine(make_env, tmp
         "afterRollout": {"host": "node3", "commands": [f'echo "after $TARGET_VERSION" >> {log}']},
     }
     configmap(env)
+    env.fleet.node("node1").set_timing(install_seconds=4.0)
     env.operator.start()
     apply(env, "1.0.0", ansible_spec({"configMap": {"name": "wso2ei-play"}}))
     env.wait_ready()
@@ -144,14 +145,21 @@ def test_seed_role_from_configmap_and_git_with_hooks_and_kill_nine(make_env, tmp
             time.sleep(1)
             env.patch_spec({"version": "2.0.0"})
 
-            # kill -9 in the middle of node1's play (after beforeRollout ran).
-            def node1_in_play(o: dict[str, Any]) -> bool:
-                msg = node_row(o, "node1").get("message", "")
+            # kill -9 while node1's install runs on the node (its slower install leaves time):
+            # the leash (ansible_leash) stops it there, so it never completes twice.
+            def node1_installing() -> bool:
+                msg = node_row(env.get(), "node1").get("message", "")
                 if "ansible task '" in msg:
                     tasks.add(msg.split("ansible task '", 1)[1].split("'", 1)[0])
-                return "ansible task 'Install WSO2" in msg
+                return any(
+                    e["event"] == "install_start" and e.get("version") == "2.0.0"
+                    for e in env.fleet.node("node1").events()
+                )
 
-            env.wait_for(node1_in_play, timeout=90, what="node1 in its play")
+            deadline = time.monotonic() + 90
+            while not node1_installing():
+                assert time.monotonic() < deadline, env.operator.log()[-3000:]
+                time.sleep(0.02)
             env.operator.kill9()
             time.sleep(0.5)
             env.operator.start()
@@ -180,7 +188,8 @@ def test_seed_role_from_configmap_and_git_with_hooks_and_kill_nine(make_env, tmp
     for n in ("node2", "node3"):
         assert installs_completed(env, n, "2.0.0") == 1, n
     starts = [e for e in env.fleet.node("node1").events() if e["event"] == "install_start"]
-    assert 1 <= len(starts) <= 2  # the interrupted play ran again from the start
+    assert len([e for e in starts if e.get("version") == "2.0.0"]) == 2  # killed, then rerun
+    assert installs_completed(env, "node1", "2.0.0") == 1
     assert tasks & {"Stop WSO2", "Install WSO2 2.0.0", "Start WSO2"}, tasks
     assert log.read_text().splitlines() == ["before 1.0.0->2.0.0", "after 2.0.0"]
     last = obj["status"]["history"][-1]
@@ -288,3 +297,179 @@ def test_failing_before_hook_touches_no_node_and_no_log_secret_stays_hidden(make
     assert SECRET not in json.dumps(obj["status"])
     assert SECRET not in json.dumps(env.events())
     assert SECRET not in env.operator.log()
+
+
+HOOK_PLAYS = {
+    # Counted on the host side: one line per run of the play.
+    "hooks/before.yml": """
+- hosts: all
+  gather_facts: false
+  tasks:
+    - name: Migrate the database
+      ansible.builtin.shell: echo "migrated for {{ wso2_target_version }}" >> {{ hook_log }}
+""",
+    "hooks/after.yml": """
+- hosts: all
+  gather_facts: false
+  tasks:
+    - name: Purge the cache
+      ansible.builtin.fail:
+        msg: cache purge refused by the cache service
+""",
+}
+
+
+def git_over_ssh(env: Env, tmp: Path) -> tuple[str, str]:
+    """The seed's roles and two hook plays in a bare repository on node3's disk, cloned over
+    node3's own sshd (ssh:// URL). Returns the URL and the commit."""
+    work = tmp / "work"
+    shutil.copytree(SEED_ROLES, work / "roles")
+    for path, text in HOOK_PLAYS.items():
+        (work / path).parent.mkdir(parents=True, exist_ok=True)
+        (work / path).write_text(text)
+    genv = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@e", "HOME": str(tmp)}
+    genv |= {"GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@e", "PATH": "/usr/bin:/bin"}
+    bare = Path(env.fleet.node("node3").dir, "srv", "play.git")
+    for args in (
+        ["-C", str(work), "init", "-q", "-b", "main"],
+        ["-C", str(work), "add", "-A"],
+        ["-C", str(work), "commit", "-q", "-m", "roles and hooks"],
+        ["clone", "-q", "--bare", str(work), str(bare)],
+    ):
+        subprocess.run(["git", *args], check=True, env=genv)
+    sha = subprocess.run(
+        ["git", "-C", str(bare), "rev-parse", "main"], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    user = env.fleet.description["ssh"]["user"]
+    return f"ssh://{user}@{env.fleet.node('node3').host}{bare}", sha
+
+
+def git_secret(env: Env, known_hosts: str) -> None:
+    env.kube.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "git-ssh", "namespace": env.namespace},
+            "stringData": {
+                "ssh-privatekey": env.fleet.client_private_key().decode(),
+                "known_hosts": known_hosts,
+            },
+        }
+    )
+
+
+def foreign_known_hosts(env: Env, tmp: Path) -> str:
+    """A known_hosts line for node3 with some other host's key (a man in the middle)."""
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp / "other")], check=True
+    )
+    key = " ".join((tmp / "other.pub").read_text().split()[:2])
+    return f"{env.fleet.node('node3').host} {key}\n"
+
+
+def hook_play(source: dict[str, Any], playbook: str, host: str, **kw: Any) -> dict[str, Any]:
+    ans = {
+        "source": source,
+        "playbook": playbook,
+        "versionVariable": "wso2_target_version",
+        "groupVars": {"ansible_python_interpreter": "/usr/bin/python3"},
+        "gatherFacts": False,
+        **kw,
+    }
+    return {"host": host, "ansible": ans, "timeoutSeconds": 120}
+
+
+@pytest.mark.timeout(420)
+def test_git_over_ssh_ansible_hooks_after_hook_degraded_and_provision_timeout(make_env, tmp_path):
+    env: Env = make_env()
+    url, sha = git_over_ssh(env, tmp_path)
+    private_key = env.fleet.client_private_key().decode()
+    # First a known_hosts with the wrong key for the Git host: strict checking refuses it.
+    git_secret(env, foreign_known_hosts(env, tmp_path))
+    source = {"git": {"url": url, "ref": "main", "sshSecretRef": {"name": "git-ssh"}}}
+    env.operator.start()
+    apply(env, "1.0.0", ansible_spec(source))
+    env.wait_ready()
+    env.patch_spec({"version": "2.0.0"})
+    obj = env.wait_for(
+        lambda o: any(
+            "Host key verification failed" in c.get("message", "")
+            for c in o.get("status", {}).get("conditions", [])
+        ),
+        timeout=90,
+        what="a condition saying the Git host's key did not verify",
+    )
+    cond = next(
+        c for c in obj["status"]["conditions"] if "Host key verification failed" in c["message"]
+    )
+    assert cond["reason"] == "ProvisionContentUnavailable", cond
+    assert not [e for e in env.fleet.node("node1").events() if e["event"] == "install_start"]
+    key_body = private_key.strip().splitlines()[1]
+    assert key_body not in json.dumps(obj["status"]) + json.dumps(env.events())
+    assert key_body not in env.operator.log()
+
+    # The right known_hosts (the fleet's, node3's key among them): the content is fetched over
+    # SSH, beforeRollout (an Ansible play on node1) runs once, afterRollout (a play on node3
+    # that fails) leaves every node updated and the rollout Degraded.
+    git_secret(env, env.fleet.known_hosts())
+    hook_log = Path(env.fleet.node("node1").dir, "hook.log")
+    hooks = {
+        "beforeRollout": hook_play(
+            source, "hooks/before.yml", "node1", extraVars={"hook_log": str(hook_log)}
+        ),
+        "afterRollout": hook_play(source, "hooks/after.yml", "node3"),
+    }
+    patch_update(env, {"hooks": hooks})
+    obj = env.wait_for(
+        lambda o: (o.get("status", {}).get("history") or [{}])[-1].get("toVersion") == "2.0.0",
+        timeout=180,
+        what="the 2.0.0 rollout in history",
+    )
+    assert {r["version"] for r in obj["status"]["nodes"]} == {"2.0.0"}
+    for n in ("node1", "node2", "node3"):
+        assert installs_completed(env, n, "2.0.0") == 1, n
+    assert hook_log.read_text().splitlines() == ["migrated for 2.0.0"]
+    last = obj["status"]["history"][-1]
+    assert last["provisionRevision"] == f"git:main@{sha}", last
+    assert last["hooks"] == "beforeRollout Succeeded, afterRollout Failed", last
+    hooks_status = obj["status"]["rollout"]["hooks"]
+    assert hooks_status["beforeRollout"]["phase"] == "Succeeded", hooks_status
+    assert "play done on node1" in hooks_status["beforeRollout"]["message"], hooks_status
+    degraded = env.condition("Degraded")
+    assert degraded["status"] == "True" and degraded["reason"] == "AfterRolloutFailed", degraded
+    assert "task 'Purge the cache' failed on node3" in degraded["message"], degraded
+    assert "cache purge refused" in degraded["message"], degraded
+    for lb in env.fleet.lbs:
+        assert all(s["status"].startswith("UP") for s in lb.servers().values())
+
+    # A play that runs past timeoutSeconds: ProvisionTimeout, node1 stays out of rotation
+    # (failurePolicy Pause) and its install is stopped on the node, never completed.
+    env.fleet.node("node1").set_timing(install_seconds=15.0)
+    env.patch_spec(
+        {
+            "version": "3.0.0",
+            "update": {"hooks": None},
+            "provision": {"ansible": {"timeoutSeconds": 6}},
+        }
+    )
+    obj = env.wait_for(
+        lambda o: env.node_phase(o, "node1") == "Failed", timeout=120, what="node1 Failed"
+    )
+    timeouts = [e for e in env.events() if e["reason"] == "ProvisionTimeout"]
+    assert timeouts, [e["reason"] for e in env.events()]
+    assert "did not finish within 6s" in timeouts[0]["message"], timeouts[0]
+    assert "Install WSO2 3.0.0" in timeouts[0]["message"], timeouts[0]
+    starts = [e for e in env.fleet.node("node1").events() if e["event"] == "install_start"]
+    assert starts and starts[-1].get("version") == "3.0.0"
+    # Past the moment the install would have completed had it kept running on the node.
+    while time.time() < starts[-1]["t"] + 17:
+        time.sleep(0.5)
+    assert installs_completed(env, "node1", "3.0.0") == 0
+    for lb in env.fleet.lbs:
+        assert not lb.servers()["node1"]["status"].startswith("UP")
+        assert lb.servers()["node2"]["status"].startswith("UP")
+    assert not [
+        e
+        for e in env.fleet.node("node2").events()
+        if e["event"] == "install_start" and e.get("version") == "3.0.0"
+    ]

@@ -31,6 +31,7 @@ import pytest
 
 from tests.conftest import REPO, Kube, ready_at, wait_for
 from tests.e2e.conftest import FAST, LBSampler
+from tests.e2e.test_ansible import ansible_spec, roles_tarball
 from tests.integration.test_manifests import NS, SA, find, install, rendered
 from wso2_sandbox.controlplane import ControlPlane, free_port
 from wso2_sandbox.fleet import Fleet, FleetConfig
@@ -444,6 +445,8 @@ def test_container_rolls_out_under_load_as_the_deployment_runs_it(
                 peering = admin.get_json("clusterkopfpeering", "wso2-operator")
                 assert len(peering.get("status") or {}) == 1, peering  # its own keep-alive
 
+                ansible_rollout(admin, ns, fleet, op, get)
+
                 # As the kubelet stops a pod: SIGTERM, then the grace period, then SIGKILL.
                 grace = pod["terminationGracePeriodSeconds"]
                 t0 = time.monotonic()
@@ -460,3 +463,32 @@ def test_container_rolls_out_under_load_as_the_deployment_runs_it(
     assert "created ClusterKopfPeering 'wso2-operator'" in text, text[-6000:]
     for bad in BAD_LOG:
         assert bad not in text.lower(), f"{bad!r} in the operator's log:\n{text[-6000:]}"
+
+
+def ansible_rollout(admin: Kube, ns: str, fleet: Fleet, op: Container, get: Any) -> None:
+    """The same container rolls the cluster to 3.0.0 with provision.ansible (the seed's role
+    from a ConfigMap): ansible-playbook runs under the read-only root, its private data dir is
+    on the writable /tmp while a play runs and is gone after."""
+    admin.apply({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "wso2ei-play", "namespace": ns},
+        "binaryData": {"roles.tar.gz": roles_tarball()},
+    })  # fmt: skip
+    work = Path(f"/proc/{op.pid()}/root/tmp/wso2-operator")
+    provision = {"commands": None, "ansible": ansible_spec({"configMap": {"name": "wso2ei-play"}})}
+    admin.run("patch", "w2c", "wso2ei", "-n", ns, "--type=merge",
+              "-p", json.dumps({"spec": {"version": "3.0.0", "provision": provision}}))  # fmt: skip
+    seen: set[str] = set()
+
+    def ready_3() -> bool:
+        seen.update(p.name for p in work.glob("run-*"))
+        return ready_at(get(), "3.0.0")
+
+    wait_for("Ready at 3.0.0 (provision.ansible)", ready_3, 180, op.tail)
+    for n in ("node1", "node2", "node3"):
+        ends = [e for e in fleet.node(n).events() if e["event"] == "install_end"]
+        assert [e["version"] for e in ends] == ["2.0.0", "3.0.0"], (n, ends)
+    last = get()["status"]["history"][-1]
+    assert last["result"] == "Succeeded" and last["provisionRevision"].startswith("configmap:")
+    assert seen, "no private data dir of a play was ever seen under /tmp/wso2-operator"
+    assert not list(work.glob("run-*")), "a play's private data dir was left behind"

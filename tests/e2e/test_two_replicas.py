@@ -190,8 +190,13 @@ def test_standby_takes_over_after_kill9_and_finishes_the_rollout(
             assert node.install_count() == 0, node.name
 
         high_at_patch, low_at_patch = high.log(), low.log()
+        # With a beforeRollout hook that counts its runs on node1's disk: it runs once, before
+        # node1, and the replica that takes over must not run it again.
+        hook_log = Path(fleet.node("node1").dir, "before-hook.log")
+        hook = {"host": "node1", "commands": [f'echo "before $TARGET_VERSION" >> {hook_log}']}
+        spec = {"version": "2.0.0", "update": {"hooks": {"beforeRollout": hook}}}
         kube.run("patch", "w2c", NAME, "-n", ns, "--type=merge",
-                 "-p", json.dumps({"spec": {"version": "2.0.0"}}))  # fmt: skip
+                 "-p", json.dumps({"spec": spec}))  # fmt: skip
 
         # Kill the acting replica inside node2's update: during `wso2ctl install` (provision
         # command 2 of 3, which takes 2 s here), or at the latest in a later in-flight phase.
@@ -263,6 +268,8 @@ def test_standby_takes_over_after_kill9_and_finishes_the_rollout(
     }
     succeeded = [h for h in final["status"].get("history") or [] if h["toVersion"] == "2.0.0"]
     assert [h["result"] for h in succeeded] == ["Succeeded"], final["status"].get("history")
+    assert succeeded[0]["hooks"] == "beforeRollout Succeeded", succeeded
+    assert hook_log.read_text().splitlines() == ["before 2.0.0"]
 
     # Installs, from each node's own event log. A node finished before the kill, or not started
     # until after it, installed 2.0.0 exactly once. The node in flight at the kill may have

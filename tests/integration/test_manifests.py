@@ -404,6 +404,7 @@ NAMESPACED_ONLY = {  # what the overlay grants per watched namespace, with a Rol
     ("vmops.dev", "wso2clusters"),
     ("vmops.dev", "wso2clusters/status"),
     ("", "secrets"),
+    ("", "configmaps"),
     ("", "events"),
     ("kopf.dev", "kopfpeerings"),
     ("kopf.dev", "clusterkopfpeerings"),
@@ -506,7 +507,7 @@ CRDS = ("wso2clusters.vmops.dev", "clusterkopfpeerings.kopf.dev", "kopfpeerings.
 def install(kube: Kube) -> None:
     """The documented install, one command on a control plane that has none of it yet."""
     kube.run("apply", "-k", str(MANIFESTS))
-    kube.run("wait", "--for=condition=Established", *(f"crd/{c}" for c in CRDS), "--timeout=60s")
+    kube.wait_established(*(f"crd/{c}" for c in CRDS))
 
 
 @pytest.fixture(scope="module")
@@ -584,6 +585,8 @@ ALLOWED = [
     # The SSH Secret a WSO2Cluster names, in whatever namespace the cluster lives.
     ("get", "secrets", "-n", "team-a"),
     ("get", "secrets/wso2ei-ssh", "-n", "team-b"),
+    # The ConfigMap a provision.ansible names as its content.
+    ("get", "configmaps/wso2ei-play", "-n", "team-a"),
     # Events on WSO2Clusters.
     ("create", "events", "-n", "team-a"),
     # Peering of the two replicas.
@@ -603,6 +606,9 @@ DENIED = [
     ("delete", "secrets", "-n", "team-a"),
     ("create", "secrets", "-n", "team-a"),
     ("patch", "secrets", "-n", "team-a"),
+    # ConfigMaps: read by name only.
+    ("list", "configmaps", "-n", "team-a"),
+    ("patch", "configmaps", "-n", "team-a"),
     # The custom resource is the user's: the operator neither creates, replaces nor deletes it.
     ("create", "wso2clusters.vmops.dev", "-n", "team-a"),
     ("delete", "wso2clusters.vmops.dev", "-n", "team-a"),
@@ -775,6 +781,7 @@ def test_operator_runs_with_only_its_service_account(tmp_path: Path) -> None:
 NS_ALLOWED = [
     ("get", "secrets", "-n", WATCHED),
     ("get", "secrets/wso2ei-ssh", "-n", WATCHED),
+    ("get", "configmaps/wso2ei-play", "-n", WATCHED),
     ("list", "wso2clusters.vmops.dev", "-n", WATCHED),
     ("watch", "wso2clusters.vmops.dev", "-n", WATCHED),
     ("get", "wso2clusters.vmops.dev", "-n", WATCHED),
@@ -801,6 +808,8 @@ NS_DENIED = [
     ("list", "secrets", "-n", WATCHED),
     ("watch", "secrets", "-n", WATCHED),
     ("create", "secrets", "-n", WATCHED),
+    ("get", "configmaps", "-n", "team-b"),
+    ("list", "configmaps", "-n", WATCHED),
     # WSO2Clusters and Events outside the watched namespace, or cluster-wide.
     ("list", "wso2clusters.vmops.dev", "--all-namespaces"),
     ("watch", "wso2clusters.vmops.dev", "--all-namespaces"),
@@ -846,9 +855,7 @@ def test_namespaced_overlay_scopes_the_operator_to_its_namespaces(tmp_path: Path
         out = admin.run("apply", "-k", str(NAMESPACED)).stdout
         assert "networkpolicy.networking.k8s.io/wso2-operator created" in out
         assert "role.rbac.authorization.k8s.io/wso2-operator created" in out
-        admin.run(
-            "wait", "--for=condition=Established", *(f"crd/{c}" for c in CRDS), "--timeout=60s"
-        )
+        admin.wait_established(*(f"crd/{c}" for c in CRDS))
         dry = admin.run("apply", "--dry-run=server", "-k", str(NAMESPACED)).stdout
         assert all(ln.endswith("(server dry run)") for ln in dry.strip().splitlines()), dry
 
