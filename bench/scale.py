@@ -112,6 +112,19 @@ class ScaleKube:
         return apiserver_requests(self.kube.kubectl("get", "--raw", "/metrics"))
 
 
+def _fleet_config(
+    a: argparse.Namespace, *, clusters: int, nodes_per_cluster: int
+) -> ScaleFleetConfig:
+    return ScaleFleetConfig(
+        clusters=clusters,
+        nodes_per_cluster=nodes_per_cluster,
+        initial_version=V1,
+        boot_seconds=a.boot_seconds,
+        ready_gap_seconds=a.ready_gap_seconds,
+        install_seconds=a.install_seconds,
+    )
+
+
 def _apply_clusters(
     kube: Kube, ns: str, clusters: list[ClusterSlice], update: dict[str, Any] | None = None
 ) -> None:
@@ -131,6 +144,7 @@ def _load_for(clusters: list[ClusterSlice], rate: float, seconds: float) -> Load
 
 
 def _start_operator(kube: Kube, ns: str, log_dir: Path) -> OperatorProcess:
+    log_dir.mkdir(parents=True, exist_ok=True)
     return OperatorProcess(
         kube.kubeconfig, ns, log_dir / "operator.log", metrics_port=_free_port()
     ).start()
@@ -149,7 +163,7 @@ def _ssh_commands(op: OperatorProcess) -> float:
 
 
 def run_concurrent(kube: Kube, a: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
-    cfg = ScaleFleetConfig(clusters=a.clusters, nodes_per_cluster=a.nodes, initial_version=V1)
+    cfg = _fleet_config(a, clusters=a.clusters, nodes_per_cluster=a.nodes)
     out: dict[str, Any] = {"clusters": a.clusters, "nodes_per_cluster": a.nodes}
     with ScaleFleet(cfg) as fleet:
         out["fleet_start_seconds"] = round(fleet.start_seconds or 0, 2)
@@ -288,7 +302,7 @@ def _idle(sk: ScaleKube, op: OperatorProcess, nodes: int, seconds: float) -> dic
 
 
 def run_big(kube: Kube, a: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
-    cfg = ScaleFleetConfig(clusters=1, nodes_per_cluster=a.big_nodes, initial_version=V1)
+    cfg = _fleet_config(a, clusters=1, nodes_per_cluster=a.big_nodes)
     out: dict[str, Any] = {"nodes": a.big_nodes, "max_unavailable": a.big_max_unavailable}
     with ScaleFleet(cfg) as fleet:
         cluster = fleet.clusters[0]
@@ -411,11 +425,11 @@ def print_table(report: dict[str, Any]) -> None:
         print(f"| {name} | {value} | {verdict} |")
 
 
-def run(a: argparse.Namespace) -> dict[str, Any]:
+def run(a: argparse.Namespace, log_root: Path = RESULTS_DIR / "last-scale") -> dict[str, Any]:
     from wso2_sandbox.controlplane import ControlPlane
 
     parts = [p.strip() for p in a.parts.split(",") if p.strip()]
-    log_dir = RESULTS_DIR / "last-scale"
+    log_dir = log_root
     shutil.rmtree(log_dir, ignore_errors=True)
     report: dict[str, Any] = {
         "machine": machine_info(),
@@ -431,8 +445,8 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
             kube = Kube(cp.kubeconfig)
             kube.install_crd()
             steps: dict[str, Callable[[], dict[str, Any]]] = {
-                "concurrent": lambda: run_concurrent(kube, a, _mk(log_dir / "concurrent")),
-                "big": lambda: run_big(kube, a, _mk(log_dir / "big")),
+                "concurrent": lambda: run_concurrent(kube, a, log_dir / "concurrent"),
+                "big": lambda: run_big(kube, a, log_dir / "big"),
             }
             for part in parts:
                 t = time.monotonic()
@@ -449,12 +463,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
-def _mk(p: Path) -> Path:
-    p.mkdir(parents=True, exist_ok=True)
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.splitlines()[0])
     ap.add_argument("--clusters", type=int, default=50)
     ap.add_argument("--nodes", type=int, default=4, help="nodes per cluster")
@@ -469,7 +478,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tail", type=float, default=3.0)
     ap.add_argument("--timeout", type=float, default=600.0)
     ap.add_argument("--out", type=Path, default=RESULTS_DIR / "scale.json")
-    a = ap.parse_args(argv)
+    # The default profile's node timing (bench.profiles), so figures compare with `make bench`.
+    ap.add_argument("--boot-seconds", type=float, default=3.0)
+    ap.add_argument("--ready-gap-seconds", type=float, default=2.0)
+    ap.add_argument("--install-seconds", type=float, default=0.5)
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
     report = run(a)
     report["loadavg_after"] = os.getloadavg()
     a.out.parent.mkdir(parents=True, exist_ok=True)
