@@ -57,7 +57,7 @@ from bench.scale_measure import (
     counter_delta,
     cpu_seconds,
 )
-from wso2_sandbox.fleet_scale import ClusterSlice, ScaleFleet, ScaleFleetConfig
+from wso2_sandbox.fleet_scale import LB_MODES, ClusterSlice, ScaleFleet, ScaleFleetConfig
 from wso2_sandbox.load import LoadConfig, LoadGenerator, LoadThread, Target
 from wso2_sandbox.manifest import fleet_manifests
 
@@ -122,6 +122,7 @@ def _fleet_config(
         boot_seconds=a.boot_seconds,
         ready_gap_seconds=a.ready_gap_seconds,
         install_seconds=a.install_seconds,
+        lb_mode=a.lb_mode,
     )
 
 
@@ -165,6 +166,7 @@ def _ssh_commands(op: OperatorProcess) -> float:
 def run_concurrent(kube: Kube, a: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
     cfg = _fleet_config(a, clusters=a.clusters, nodes_per_cluster=a.nodes)
     out: dict[str, Any] = {"clusters": a.clusters, "nodes_per_cluster": a.nodes}
+    out["lb_mode"] = a.lb_mode
     with ScaleFleet(cfg) as fleet:
         out["fleet_start_seconds"] = round(fleet.start_seconds or 0, 2)
         ns = kube.new_namespace("scale")
@@ -379,7 +381,7 @@ def print_table(report: dict[str, Any]) -> None:
     i = c.get("idle") or {}
     rows: list[tuple[str, Any, str]] = []
     if c:
-        n = f"{c['clusters']} x {c['nodes_per_cluster']}"
+        n = f"{c['clusters']} x {c['nodes_per_cluster']} ({c['lb_mode']} LBs)"
         rows += [
             (f"{n}: fleet start / stop",
              f"{c['fleet_start_seconds']} s / {c['fleet_stop_seconds']} s", ""),
@@ -470,6 +472,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--loaded", type=int, default=10, help="clusters behind load")
     ap.add_argument("--rate", type=float, default=50.0, help="req/s per loaded cluster")
     ap.add_argument("--alone", type=int, default=6, help="clusters first rolled alone")
+    ap.add_argument(
+        "--lb-mode", choices=LB_MODES, default="shared", help="one LB pair for all, or one each"
+    )
     ap.add_argument("--big-nodes", type=int, default=40)
     ap.add_argument("--big-max-unavailable", default="25%")
     ap.add_argument("--idle-seconds", type=float, default=300.0)
