@@ -377,7 +377,12 @@ def _met(value: float | None, target: float, below: bool = True) -> str:
 
 
 def print_table(report: dict[str, Any]) -> None:
+    for part in ("concurrent", "big"):
+        if err := (report.get(part) or {}).get("error"):
+            print(f"{part}: FAILED: {err}")
     c, b = report.get("concurrent") or {}, report.get("big") or {}
+    c = {} if "error" in c else c
+    b = {} if "error" in b else b
     i = c.get("idle") or {}
     rows: list[tuple[str, Any, str]] = []
     if c:
