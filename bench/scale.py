@@ -91,13 +91,17 @@ class ScaleKube:
         self.kube.patch_version(self.ns, version, name=name)
 
     def wait_done(
-        self, names: list[str], version: str, timeout: float, t0: float
+        self, names: list[str], version: str, timeout: float, t0: float, partial: bool = False
     ) -> dict[str, float]:
-        """Seconds from t0 until each cluster was first seen Ready at `version`."""
+        """Seconds from t0 until each cluster was first seen Ready at `version`.
+
+        At the deadline: raises, or with `partial` returns the clusters that made it."""
         done: dict[str, float] = {}
         deadline = time.monotonic() + timeout
         while len(done) < len(names):
             if time.monotonic() > deadline:
+                if partial:
+                    return done
                 missing = sorted(set(names) - set(done))
                 raise TimeoutError(f"not Ready at {version} after {timeout:.0f}s: {missing}")
             with contextlib.suppress(Exception):  # a transient API error: poll again
@@ -205,7 +209,8 @@ def run_concurrent(kube: Kube, a: argparse.Namespace, log_dir: Path) -> dict[str
                     t0 = time.time()
                     for name in names:
                         sk.patch(name, V3)
-                    together = sk.wait_done(names, V3, a.timeout, t0)
+                    together = sk.wait_done(names, V3, a.timeout, t0, partial=True)
+                stuck = {n: _reason(o) for n, o in sk.clusters().items() if n not in together}
                 cpu1 = cpu_seconds(op.proc.pid)
                 requests = counter_delta(sk.metrics(), before)
                 requests["LIST"] = requests.get("LIST", 0) - (sk.lists - own0[0])
@@ -215,6 +220,7 @@ def run_concurrent(kube: Kube, a: argparse.Namespace, log_dir: Path) -> dict[str
             out.update(
                 _concurrent_figures(fleet, names, loaded_names, alone, together, sampler, records),
                 alone_max_nodes_out=alone_out,
+                not_ready=stuck,
                 operator_cpu_seconds=round(cpu1 - cpu0, 2),
                 operator_peak_rss_mib=round((op.peak_rss_kib() or 0) / 1024, 1),
                 operator_rss_before_mib=round((rss_before or 0) / 1024, 1),
@@ -229,6 +235,8 @@ def run_concurrent(kube: Kube, a: argparse.Namespace, log_dir: Path) -> dict[str
                 out["idle"] = _idle(sk, op, len(fleet.nodes), a.idle_seconds)
             if not op.alive():
                 out["error"] = "operator exited"
+            elif stuck:
+                out["error"] = f"not Ready at {V3} within {a.timeout:.0f}s: {stuck}"
         finally:
             op.stop()
     out["fleet_stop_seconds"] = round(fleet.stop_seconds or 0, 2)
@@ -254,23 +262,24 @@ def _concurrent_figures(
     for name in names:
         recs = [r for r in records if r.lb.split("@")[0] == name]
         rot = sampler.rotation[name]
+        took = together.get(name)
         per[name] = {
-            "seconds": together[name],
+            "seconds": took,
             "alone_seconds": alone.get(name),
-            "ratio": round(together[name] / baseline(name), 3),
+            "ratio": None if took is None else round(took / baseline(name), 3),
             "max_nodes_out": rot.max_out,
             "max_nodes_admin_out": rot.max_admin_out,
             "loaded": name in loaded,
             "requests": len(recs),
             "failed": sum(1 for r in recs if not r.ok),
         }
-    ratios = [p["ratio"] for p in per.values()]
+    ratios = [p["ratio"] for p in per.values() if p["ratio"] is not None]
     return {
         "alone_seconds": alone,
-        "together_seconds_max": max(together.values()),
+        "together_seconds_max": max(together.values(), default=None),
         "ratio_p50": _percentile(ratios, 0.5),
         "ratio_p95": _percentile(ratios, 0.95),
-        "ratio_max": max(ratios),
+        "ratio_max": max(ratios, default=None),
         "ratio_of_sampled": {n: per[n]["ratio"] for n in alone},
         "requests_total": len(records),
         "requests_failed": sum(1 for r in records if not r.ok),
@@ -281,6 +290,14 @@ def _concurrent_figures(
         "all_ready_at_new_version": len(together) == len(names),
         "per_cluster": per,
     }
+
+
+def _reason(obj: dict[str, Any]) -> str:
+    """Why a cluster is not Ready: its Degraded (or else Ready) condition's reason and message."""
+    conds = {c.get("type"): c for c in (obj.get("status") or {}).get("conditions") or []}
+    c = conds.get("Degraded") if conds.get("Degraded", {}).get("status") == "True" else None
+    c = c or conds.get("Ready") or {}
+    return f"{c.get('reason', '?')}: {str(c.get('message', ''))[:200]}"
 
 
 def _idle(sk: ScaleKube, op: OperatorProcess, nodes: int, seconds: float) -> dict[str, Any]:
@@ -381,8 +398,8 @@ def print_table(report: dict[str, Any]) -> None:
         if err := (report.get(part) or {}).get("error"):
             print(f"{part}: FAILED: {err}")
     c, b = report.get("concurrent") or {}, report.get("big") or {}
-    c = {} if "error" in c else c
-    b = {} if "error" in b else b
+    c = c if "clusters" in c and "requests_total" in c else {}
+    b = b if "rollout_seconds" in b else {}
     i = c.get("idle") or {}
     rows: list[tuple[str, Any, str]] = []
     if c:
