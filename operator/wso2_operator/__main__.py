@@ -10,6 +10,11 @@ plus a few of its own, which it consumes before handing the rest to kopf:
                         NetworkPolicy in manifests/ limits who reaches it; env
                         WSO2_METRICS_ADDRESS). Use 127.0.0.1 outside a cluster
   --observe-period S    re-observe every S seconds when idle (default 30)
+  --selector SEL        handle only the WSO2Clusters whose labels match SEL, e.g. shard=a
+                        (key=value, key!=value, key, !key, comma-separated; env
+                        WSO2_SHARD_SELECTOR). For several operators splitting a fleet: see
+                        README, Sharding. The shard's kopf peering object and finalizer are
+                        named after the selector (shard=a: wso2-operator-shard-a)
   --random-priority     pick a random peering priority, so that of two replicas exactly one acts
   --require-secret-label
                         use an SSH Secret only if it carries the label vmops.dev/ssh-access="true"
@@ -33,6 +38,7 @@ import sys
 from . import lifecycle
 from .kube import PEERING_SCOPE_ENV
 from .secret_policy import REQUIRE_LABEL_ENV
+from .shard import SELECTOR_ENV, SelectorError, parse_selector
 
 
 def peering_scope(kopf_args: list[str]) -> str:
@@ -54,6 +60,7 @@ def own_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         "--metrics-address", default=os.environ.get("WSO2_METRICS_ADDRESS") or "0.0.0.0"
     )
     own.add_argument("--observe-period", type=float, default=None)
+    own.add_argument("--selector", default=os.environ.get(SELECTOR_ENV) or "")
     own.add_argument("--random-priority", action="store_true")
     own.add_argument("--require-secret-label", action="store_true")
     own.add_argument(
@@ -69,6 +76,12 @@ def main(argv: list[str] | None = None) -> None:
     args, rest = own_args(argv)
     if "-h" in rest or "--help" in rest:
         print(__doc__)
+    try:
+        parse_selector(args.selector)
+    except SelectorError as e:
+        print(f"wso2-operator: --selector: {e}", file=sys.stderr)
+        sys.exit(2)
+    os.environ[SELECTOR_ENV] = args.selector  # read by handlers at import
     if args.observe_period is not None:
         os.environ["WSO2_OBSERVE_PERIOD"] = str(args.observe_period)
     if args.require_secret_label:

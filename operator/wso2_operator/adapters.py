@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from . import metrics
+from . import metrics, sharing
 from .errors import (
     HostKeyMismatch,
     LBProtocolError,
@@ -77,13 +77,19 @@ async def timed(adapter: str) -> AsyncIterator[None]:
 
 
 class Adapters:
-    """SSH executor, LB pool and health checker for one cluster's credentials and LBs."""
+    """SSH executor, LB pool and health checker for one cluster's credentials and LBs.
+
+    The SSH executor and the LB admin sessions are shared with every other cluster of this
+    process that uses the same credentials and LBs (see sharing.py); this cluster's LB commands
+    take fair turns with theirs.
+    """
 
     def __init__(self, spec: ClusterSpec, key: bytes, known_hosts: str) -> None:
         from .haproxy_pool import build_lb_pool
-        from .ssh import SSHCredentials, SSHExecutor
+        from .ssh import SSHCredentials
 
-        self.ssh = SSHExecutor(
+        self._sharing = sharing.current()
+        self.ssh = self._sharing.executor(
             SSHCredentials(
                 username=spec.ssh_user,
                 private_key=key,
@@ -91,13 +97,20 @@ class Adapters:
                 connect_timeout=spec.connect_timeout,
             )
         )
-        self.pool = build_lb_pool(
-            self.ssh,
-            [h.as_dict() for h in spec.lb_hosts],
-            tolerate_unreachable=spec.tolerate_unreachable,
-            poll_interval=0.05,
-            connect_timeout=spec.connect_timeout,
-        )
+        try:
+            self.pool = build_lb_pool(
+                self.ssh,
+                [h.as_dict() for h in spec.lb_hosts],
+                tolerate_unreachable=spec.tolerate_unreachable,
+                poll_interval=0.05,
+                connect_timeout=spec.connect_timeout,
+            )
+        except BaseException:
+            self._sharing.release_executor(self.ssh)
+            raise
+        tenant = f"adapters-{id(self):x}"  # one turn per cluster (an Adapters is one cluster's)
+        for client in self.pool.clients:
+            client.transport = self._sharing.lb_transport(client.transport, tenant)
         self.health = HealthChecker()
 
     async def ssh_run(self, *args: Any, **kwargs: Any) -> Any:
@@ -105,10 +118,10 @@ class Adapters:
             return await self.ssh.run(*args, **kwargs)
 
     async def close(self) -> None:
+        """Give the shared executor and sessions back (closed once nobody uses them)."""
         with contextlib.suppress(Exception):
             await self.pool.close()
-        with contextlib.suppress(Exception):
-            await self.ssh.close()
+        self._sharing.release_executor(self.ssh)
         with contextlib.suppress(Exception):
             await self.health.close()
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import contextlib
 import hashlib
 import io
@@ -59,6 +60,13 @@ NO_LOG_TEXT = "(output hidden by no_log)"
 GIT_TIMEOUT = 300.0
 # How long a cancelled run may take to stop ansible-playbook before the data dir goes anyway.
 CANCEL_GRACE = 15.0
+# Plays get threads of their own. A play blocks its thread for minutes, and the loop's default
+# executor (min(32, CPUs + 4) threads: 6 on 2 cores) also carries every cluster's Kubernetes
+# API calls and kopf's sync handlers: six clusters in a play would stall the status writes,
+# and so the rollouts, of all the others. Threads are made on demand, up to this many plays
+# at once (more wait for a free thread; each is an ansible-playbook process besides).
+MAX_CONCURRENT_PLAYS = 64
+_PLAYS = concurrent.futures.ThreadPoolExecutor(MAX_CONCURRENT_PLAYS, thread_name_prefix="play")
 
 
 class ContentProblem(WSO2OperatorError):
@@ -591,7 +599,7 @@ async def run_play(
         finally:
             shutil.rmtree(data_dir, ignore_errors=True)
 
-    fut = asyncio.ensure_future(asyncio.to_thread(work))
+    fut = loop.run_in_executor(_PLAYS, work)
     try:
         status, rc = await asyncio.shield(fut)
     except asyncio.CancelledError:

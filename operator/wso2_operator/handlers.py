@@ -7,13 +7,14 @@ so kopf's own handler-progress annotations play no part in correctness.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from typing import Any
 
 import kopf
 
-from . import lifecycle
+from . import lifecycle, shard
 from .kube import (
     GROUP,
     PEERING_SCOPE_ENV,
@@ -24,6 +25,19 @@ from .kube import (
     load_client_config,
 )
 from .reconciler import HAND_BACK_ANNOTATION, RETRY_ANNOTATION, ClusterReconciler, Settings
+
+# The WSO2Clusters this process handles (--selector, see shard.py). Read at import: kopf takes
+# its filters from the decorators below.
+SHARD = shard.parse_selector(os.environ.get(shard.SELECTOR_ENV))
+
+
+def _in_shard(labels: kopf.Labels, **_: Any) -> bool:
+    return SHARD.matches(labels)
+
+
+# kopf's `when` filter: an object of another shard is invisible to this process (no daemon, no
+# finalizer, nothing logged). None without a selector, so an unsharded operator is unchanged.
+IN_SHARD = _in_shard if SHARD.terms else None
 
 
 @kopf.on.startup()
@@ -47,12 +61,21 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     # Mandatory peering starts paused until the peering object is read, so a standby never
     # acts before it knows a higher-priority peer exists (--standalone skips peering entirely).
     if not settings.peering.mandatory:
-        settings.peering.name = os.environ.get("WSO2_PEERING_NAME", "wso2-operator")
+        settings.peering.name = os.environ.get("WSO2_PEERING_NAME", SHARD.peering)
     elif os.environ.get(PEERING_SCOPE_ENV):
         ensure_peering(settings.peering.name, os.environ[PEERING_SCOPE_ENV])
     # Give a dying peer's lock up quickly, so a standby takes over within about a minute.
     settings.peering.lifetime = 30
-    settings.persistence.finalizer = "vmops.dev/wso2-operator"
+    # Per shard: kopf strips its finalizer from objects none of its handlers match, which would
+    # be the other shards' objects if they shared one name.
+    settings.persistence.finalizer = SHARD.finalizer
+    if SHARD.terms:
+        logging.getLogger(__name__).info(
+            "shard %s: handling the WSO2Clusters with labels %s (finalizer %s)",
+            SHARD.name,
+            SHARD.selector,
+            SHARD.finalizer,
+        )
 
 
 @kopf.on.startup()
@@ -65,7 +88,13 @@ async def watch_apiserver(**_: Any) -> None:
 # On a stop, kopf first only signals (the loop exits at once and cleans up) and cancels the
 # daemon only after cancellation_backoff; without a backoff it cancels right away.
 @kopf.daemon(
-    GROUP, VERSION, PLURAL, id="reconcile", cancellation_backoff=5.0, cancellation_timeout=10.0
+    GROUP,
+    VERSION,
+    PLURAL,
+    id="reconcile",
+    cancellation_backoff=5.0,
+    cancellation_timeout=10.0,
+    when=IN_SHARD,
 )
 async def reconcile(
     namespace: str,
@@ -84,10 +113,46 @@ async def reconcile(
     )
     memo.reconciler = r
     memo.seen = _trigger(body)
-    await r.run(stopped)
+    cleanup = None
+    if SHARD.terms and shard.FINALIZER in (body.get("metadata", {}).get("finalizers") or []):
+        cleanup = asyncio.create_task(_drop_unsharded_finalizer(memo.kube, namespace, name))
+    try:
+        await r.run(stopped)
+    finally:
+        if cleanup is not None:
+            cleanup.cancel()
 
 
-@kopf.on.event(GROUP, VERSION, PLURAL, id="wake")
+async def _drop_unsharded_finalizer(kube: KubeAdapter, namespace: str, name: str) -> None:
+    """A cluster from before sharding carries the unsharded operator's finalizer, which no
+    shard would ever remove (each has its own): deleting the cluster would hang. Its shard
+    takes it off, alongside the reconcile loop. kopf adds the shard's own finalizer at about
+    the same moment, which makes the guarded patch fail (422): read again and retry."""
+    log = logging.getLogger(__name__)
+    for attempt in range(1, 31):
+        try:
+            if await kube.drop_finalizer(namespace, name, shard.FINALIZER):
+                log.info(
+                    "[%s/%s] removed the unsharded finalizer %s (now %s)",
+                    namespace,
+                    name,
+                    shard.FINALIZER,
+                    SHARD.finalizer,
+                )
+            return
+        except Exception as e:
+            if attempt % 10 == 0:
+                log.warning(
+                    "[%s/%s] still cannot remove the unsharded finalizer %s: %s",
+                    namespace,
+                    name,
+                    shard.FINALIZER,
+                    e,
+                )
+        await asyncio.sleep(min(10.0, 0.2 * attempt))
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL, id="wake", when=IN_SHARD)
 def wake(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Wake the loop at once on a spec or retry change; our own status writes do not count."""
     r = memo.get("reconciler")

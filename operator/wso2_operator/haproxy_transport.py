@@ -56,6 +56,9 @@ SSH_WINDOW = 1024 * 1024
 class Transport(Protocol):
     description: str
 
+    @property
+    def connected(self) -> bool: ...
+
     async def command(self, line: str) -> str: ...
 
     async def reset(self) -> None: ...
@@ -144,6 +147,11 @@ class _InteractiveTransport(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.description}>"
+
+    @property
+    def connected(self) -> bool:
+        """A session is kept open (it may still turn out dead on the next command)."""
+        return self._writer is not None
 
     async def _connect(self) -> None:
         started = time.monotonic()

@@ -89,6 +89,43 @@ class KubeAdapter:
             raise
         return str(((result or {}).get("metadata") or {}).get("resourceVersion") or "") or None
 
+    async def drop_finalizer(self, namespace: str, name: str, finalizer: str) -> bool:
+        """Remove ``finalizer`` from the WSO2Cluster if it has it; True if removed.
+
+        A JSON patch that first tests the whole list as read, so a finalizer someone added
+        meanwhile (kopf adds its own) is never lost: the write then fails (422) and is tried
+        again on the next call.
+        """
+
+        def call() -> bool:
+            obj = self._custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name, _request_timeout=API_TIMEOUT
+            )
+            present = list((obj.get("metadata") or {}).get("finalizers") or [])
+            if finalizer not in present:
+                return False
+            patch = [
+                {"op": "test", "path": "/metadata/finalizers", "value": present},
+                {
+                    "op": "replace",
+                    "path": "/metadata/finalizers",
+                    "value": [f for f in present if f != finalizer],
+                },
+            ]
+            self._custom.patch_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                patch,
+                _request_timeout=API_TIMEOUT,
+                _content_type="application/json-patch+json",
+            )
+            return True
+
+        return await asyncio.to_thread(call)
+
     async def read_cluster(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The whole WSO2Cluster as the apiserver has it now (None if gone)."""
 

@@ -3,17 +3,21 @@
 The exporter is started by `--metrics-port` (see __main__); without it the calls below only
 update in-process values, which costs next to nothing. It has no authentication and serves the
 series below plus the Python process metrics; the labels carry WSO2Cluster namespaces and names,
-step names and error class names, never hosts, commands or Secret data. `--metrics-address`
-picks the interface (0.0.0.0 by default, so Prometheus can scrape the Pod IP; the NetworkPolicy
-in manifests/ limits who can connect).
+step names and error class names, never commands or Secret data. Hosts appear in one series
+only, `wso2_open_connections` (the LB and node addresses of the WSO2Cluster specs).
+`--metrics-address` picks the interface (0.0.0.0 by default, so Prometheus can scrape the Pod
+IP; the NetworkPolicy in manifests/ limits who can connect).
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 ROLLOUT_DURATION = Histogram(
     "wso2_rollout_duration_seconds",
@@ -54,6 +58,27 @@ ANALYSIS_VERDICTS = Counter(
     "Analysis verdicts reached for a node (Passed, Failed, Inconclusive), by failing metric.",
     ["namespace", "name", "verdict", "metric"],
 )
+
+
+class OpenConnections(Collector):
+    """Open SSH connections and LB admin sessions per host, read when scraped (they close on
+    their own: idle, server gone), so sharing between clusters can be checked: one per host."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        from .sharing import open_connections
+
+        g = GaugeMetricFamily(
+            "wso2_open_connections",
+            "Open connections of this operator by kind (ssh: SSH connections to a host; lb: "
+            "HAProxy admin sessions, over SSH or TCP) and host:port, shared by all clusters.",
+            labels=["kind", "host"],
+        )
+        for (kind, host), n in sorted(open_connections().items()):
+            g.add_metric([kind, host], n)
+        yield g
+
+
+REGISTRY.register(OpenConnections())
 
 
 def serve(port: int, addr: str = "0.0.0.0") -> tuple[WSGIServer, threading.Thread]:

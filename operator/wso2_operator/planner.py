@@ -118,6 +118,8 @@ def plan(
     held_out = tuple(
         n for n in held_by_someone_else(spec, observed, progress) if n not in hand_back
     )
+    # Sets for the membership tests below: tuples would make a 1,000-node plan quadratic.
+    held_out_set, refused_set, hand_back = set(held_out), set(audit.refused), set(hand_back)
 
     in_flight = [n for n in names if prog[n].phase in IN_FLIGHT]
     unavailable = {
@@ -183,7 +185,7 @@ def plan(
         )
 
     def wants_update(n: str) -> bool:
-        if prog[n].phase in IN_FLIGHT or n in held_out or n in audit.refused:
+        if prog[n].phase in IN_FLIGHT or n in held_out_set or n in refused_set:
             return False
         if prog[n].phase == Phase.FAILED:
             return True
@@ -201,9 +203,10 @@ def plan(
 
     order = list(reversed(names)) if rolling_back else list(names)
     # Nodes already out of rotation go first: updating them costs no extra availability.
+    # (sorted() is stable, so within each group the order stays.)
     candidates = sorted(
         (n for n in order if wants_update(n) or wants_reenable(n)),
-        key=lambda n: (n not in unavailable, order.index(n)),
+        key=lambda n: n not in unavailable,
     )
     begin: list[Begin] = []
     out = set(unavailable)
@@ -228,7 +231,8 @@ def plan(
 
     blocked: Blocked | None = None
     message = ""
-    waiting = [n for n in candidates if n not in {b.node for b in begin}]
+    started = {b.node for b in begin}
+    waiting = [n for n in candidates if n not in started]
     if waiting and not in_flight and not begin and room == 0:
         blocked = Blocked.CANARY
         message = "a canary step holds"

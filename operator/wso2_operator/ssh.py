@@ -395,6 +395,10 @@ class SSHExecutor:
     def credentials(self) -> SSHCredentials:
         return self._creds
 
+    def open_hosts(self) -> list[tuple[str, int]]:
+        """(host, port) of every connection currently open (for the connection gauge)."""
+        return [key for key, conn in list(self._conns.items()) if not conn.is_closed()]
+
     async def __aenter__(self) -> SSHExecutor:
         return self
 

@@ -77,6 +77,9 @@ class FleetConfig:
     base_dir: str | None = None
     # Per-version faults of the stand-in (etc/faults.json on every node; see standin.parse_faults).
     faults: dict[str, dict[str, float | int]] | None = None
+    # More than 1: the nodes are split in order into that many backends on every LB, one per
+    # cluster, as at a site where many clusters share one LB pair (see backend_groups).
+    backends: int = 1
 
 
 class Fleet:
@@ -280,6 +283,8 @@ class Fleet:
         c = self.config
         if c.nodes < 1 or c.nodes > 80 or c.lbs < 0 or c.lbs > 80:
             raise FleetError("need 1..80 nodes and 0..80 LBs")
+        if not 1 <= c.backends <= c.nodes:
+            raise FleetError("need 1..nodes backends")
         if any(i < 0 or i >= c.lbs for i in c.tcp_admin_lbs):
             raise FleetError(f"tcp_admin_lbs {c.tcp_admin_lbs} out of range for {c.lbs} LBs")
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", c.initial_version):
@@ -340,7 +345,8 @@ class Fleet:
         self.description = {
             "base_dir": b,
             "subnet": f"{subnet}.0/24",
-            "backend": BACKEND,
+            "backend": BACKEND if c.backends == 1 else f"{BACKEND}_1",
+            "backends": backend_groups([n.name for n in self.nodes], c.backends),
             "nodes": [n.describe() for n in self.nodes],
             "lbs": [lb.describe() for lb in self.lbs],
             "ssh": {
@@ -432,6 +438,7 @@ class Fleet:
                     operator_socket=lb.operator_socket,
                     tcp_admin=lb.tcp_admin,
                     servers=[(n.name, n.host, n.http_port) for n in self.nodes],
+                    backends=self.description["backends"],
                 )
             )
         for h in self._hosts():
@@ -606,6 +613,20 @@ class Fleet:
 
 
 # --------------------------------------------------------------------- helpers
+
+
+def backend_groups(nodes: list[str], count: int) -> dict[str, list[str]]:
+    """Backend name -> its nodes: all in BACKEND for one, else BACKEND_1..BACKEND_<count>
+    holding consecutive, nearly equal shares."""
+    if count <= 1:
+        return {BACKEND: list(nodes)}
+    size, extra = divmod(len(nodes), count)
+    out, start = {}, 0
+    for k in range(count):
+        end = start + size + (1 if k < extra else 0)
+        out[f"{BACKEND}_{k + 1}"] = nodes[start:end]
+        start = end
+    return out
 
 
 def _tail(path: str, n: int = 2000) -> str:

@@ -67,10 +67,25 @@ def haproxy_config(
     tcp_admin: tuple[str, int] | None,
     servers: Sequence[tuple[str, str, int]],
     backend: str = BACKEND,
+    backends: Mapping[str, Sequence[str]] | None = None,
 ) -> str:
-    return haproxy_global(
-        name=name, admin_socket=admin_socket, operator_socket=operator_socket, tcp_admin=tcp_admin
-    ) + haproxy_site(frontend="fe_wso2", bind=frontend, backend=backend, servers=servers)
+    """``backends``: backend name -> server names, for several clusters on one LB (the frontend
+    routes to the first); without it, every server is in ``backend``."""
+    groups = backends or {backend: [s[0] for s in servers]}
+    by_name = {s[0]: s for s in servers}
+    return (
+        haproxy_global(
+            name=name,
+            admin_socket=admin_socket,
+            operator_socket=operator_socket,
+            tcp_admin=tcp_admin,
+        )
+        + haproxy_frontend(frontend="fe_wso2", bind=frontend, backend=next(iter(groups)))
+        + "".join(
+            haproxy_backend(backend=group, servers=[by_name[m] for m in members])
+            for group, members in groups.items()
+        )
+    )
 
 
 def haproxy_global(
@@ -101,6 +116,20 @@ def haproxy_site(
     *, frontend: str, bind: tuple[str, int], backend: str, servers: Sequence[tuple[str, str, int]]
 ) -> str:
     """One frontend and the backend of its cluster's servers."""
+    return haproxy_frontend(frontend=frontend, bind=bind, backend=backend) + haproxy_backend(
+        backend=backend, servers=servers
+    )
+
+
+def haproxy_frontend(*, frontend: str, bind: tuple[str, int], backend: str) -> str:
+    return f"""
+frontend {frontend}
+    bind {bind[0]}:{bind[1]}
+    default_backend {backend}
+"""
+
+
+def haproxy_backend(*, backend: str, servers: Sequence[tuple[str, str, int]]) -> str:
     # An explicit weight of 100 (HAProxy's default is 1) lets a traffic ramp `set weight` in
     # steps of 1 % of a node's configured share.
     server_lines = "".join(
@@ -108,10 +137,6 @@ def haproxy_site(
         for sname, addr, port in servers
     )
     return f"""
-frontend {frontend}
-    bind {bind[0]}:{bind[1]}
-    default_backend {backend}
-
 backend {backend}
     balance roundrobin
     option httpchk GET /health

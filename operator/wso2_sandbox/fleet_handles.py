@@ -171,11 +171,11 @@ class LBHandle:
         """Send one command to the local admin socket and return HAProxy's raw reply."""
         return socket_command(self.socket, line, timeout)
 
-    def servers(self) -> dict[str, dict[str, str]]:
-        """`show stat` rows of the backend's servers, by server name."""
-        return {
-            row["svname"]: row for row in parse_stat(self.command(f"show stat {self.backend} 4 -1"))
-        }
+    def servers(self, backend: str | None = None) -> dict[str, dict[str, str]]:
+        """`show stat` rows of ``backend``'s servers by server name; without it, of every
+        backend (a fleet's server names are unique: they are its node names)."""
+        which = backend or "-1"
+        return {row["svname"]: row for row in parse_stat(self.command(f"show stat {which} 4 -1"))}
 
     def worker_pid(self) -> int:
         """Pid of the HAProxy worker currently answering the admin socket."""

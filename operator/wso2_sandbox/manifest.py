@@ -20,7 +20,10 @@ def fleet_manifests(
     health: dict[str, Any] | None = None,
     lb_overrides: dict[str, dict[str, Any]] | None = None,
     nodes: list[str] | None = None,
+    backend: str | None = None,
 ) -> list[dict[str, Any]]:
+    """The Secret and WSO2Cluster; ``nodes`` and ``backend`` pick one cluster of a fleet with
+    several backends (``description["backends"]``: backend -> its nodes)."""
     ssh = description["ssh"]
     secret_name = f"{name}-ssh"
     secret = {
@@ -55,7 +58,10 @@ def fleet_manifests(
                 "secretRef": {"name": secret_name},
                 "connectTimeoutSeconds": 5,
             },
-            "loadBalancers": {"backend": description.get("backend", "PRD_wso2ei"), "hosts": lbs},
+            "loadBalancers": {
+                "backend": backend or description.get("backend", "PRD_wso2ei"),
+                "hosts": lbs,
+            },
             "provision": {
                 # The same commands the benchmark's Ansible play runs where the seed runs its role.
                 "commands": ["wso2ctl stop", "wso2ctl install", "wso2ctl start"],

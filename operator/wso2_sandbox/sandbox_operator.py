@@ -108,6 +108,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"--liveness=http://127.0.0.1:{port}/healthz",
         f"--exit-if-apiserver-gone={APISERVER_GONE_SECONDS}",
     ]
+    if args.selector:
+        argv.append(f"--selector={args.selector}")
     os.execve(sys.executable, argv, {**os.environ, "KUBECONFIG": str(kubeconfig)})
     return 1  # not reached
 
@@ -137,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="run the operator in the foreground (exec)")
     run.add_argument("--kubeconfig", default=".sandbox/kubeconfig")
     run.add_argument("--liveness-port", type=int, default=None)
+    # A shard of the fleet (README, Sharding): run one per selector, each with its own pid file.
+    run.add_argument("--selector", default="")
     stop = sub.add_parser("stop", help="stop the operator that run recorded")
     for s in (run, stop):
         s.add_argument("--pid-file", default=".sandbox/operator.pid")

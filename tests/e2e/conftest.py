@@ -37,6 +37,7 @@ class OperatorProcess:
     args: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    standalone: bool = True  # False: kopf peering, as args (--peering=...) say
 
     def start(self) -> OperatorProcess:
         env = {
@@ -55,7 +56,7 @@ class OperatorProcess:
                 sys.executable,
                 "-m",
                 "wso2_operator",
-                "--standalone",
+                *(["--standalone"] if self.standalone else []),
                 "-n",
                 self.namespace,
                 *self.args,
