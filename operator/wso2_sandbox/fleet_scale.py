@@ -75,8 +75,10 @@ class ScaleFleetConfig:
     ready_gap_seconds: float = 2.0
     install_seconds: float = 0.5
     # One stand-in host process per this many nodes: a single asyncio loop answers HAProxy's
-    # checks (2 LBs x 2 a second per node) and the load for about 50 nodes with room to spare.
-    nodes_per_standin: int = 50
+    # checks (2 LBs x 2 a second per node) and its share of the load. At 50 a host stalled past
+    # HAProxy's 500 ms check timeout on this shared 2-core machine (load 20) when ten loaded
+    # clusters' nodes sat in one host; 25 per host, spread round robin, keeps up.
+    nodes_per_standin: int = 25
     base_dir: str | None = None
     faults: dict[str, dict[str, float | int]] | None = None
 
@@ -297,8 +299,10 @@ class ScaleFleet:
         }
 
     def _standin_groups(self) -> list[list[NodeHandle]]:
-        per = self.config.nodes_per_standin
-        return [self.nodes[i : i + per] for i in range(0, len(self.nodes), per)]
+        # Round robin, not in blocks: a cluster's nodes (and the load of clusters behind load,
+        # which are usually neighbours) spread over every stand-in host.
+        hosts = -(-len(self.nodes) // self.config.nodes_per_standin)
+        return [self.nodes[g::hosts] for g in range(hosts)]
 
     def _control_socket(self, group: int) -> str:
         return f"{self._socket_dir or self.base_dir}/standin{group + 1}.sock"
