@@ -40,6 +40,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,7 @@ from bench.scale_measure import (
     cpu_seconds,
 )
 from wso2_sandbox.fleet_scale import LB_MODES, ClusterSlice, ScaleFleet, ScaleFleetConfig
-from wso2_sandbox.load import LoadConfig, LoadGenerator, LoadThread, Target
+from wso2_sandbox.load import LoadConfig, LoadGenerator, LoadThread, Target, summarize
 from wso2_sandbox.manifest import fleet_manifests
 
 V1, V2, V3 = "1.0.0", "2.0.0", "3.0.0"
@@ -207,6 +208,7 @@ def run_concurrent(kube: Kube, a: argparse.Namespace, log_dir: Path) -> dict[str
                 ports = {h.ssh_port for h in [*fleet.nodes, *fleet.lb_hosts]}
                 with ConnectionSampler(op.proc.pid, ports) as conns:
                     t0 = time.time()
+                    t_together = t0
                     for name in names:
                         sk.patch(name, V3)
                     together = sk.wait_done(names, V3, a.timeout, t0, partial=True)
@@ -221,6 +223,7 @@ def run_concurrent(kube: Kube, a: argparse.Namespace, log_dir: Path) -> dict[str
                 _concurrent_figures(fleet, names, loaded_names, alone, together, sampler, records),
                 alone_max_nodes_out=alone_out,
                 not_ready=stuck,
+                load=_load_figures(records, t_together),
                 operator_cpu_seconds=round(cpu1 - cpu0, 2),
                 operator_peak_rss_mib=round((op.peak_rss_kib() or 0) / 1024, 1),
                 operator_rss_before_mib=round((rss_before or 0) / 1024, 1),
@@ -289,6 +292,17 @@ def _concurrent_figures(
         "sampler_errors": sampler.errors,
         "all_ready_at_new_version": len(together) == len(names),
         "per_cluster": per,
+    }
+
+
+def _load_figures(records: list[Any], t_together: float) -> dict[str, Any]:
+    """Failures by cause, and when: while clusters were rolled alone, or all at once."""
+    failed = [r for r in records if not r.ok]
+    return {
+        **summarize(records),
+        "failed_before_concurrent": sum(1 for r in failed if r.start < t_together),
+        "failed_from_concurrent": sum(1 for r in failed if r.start >= t_together),
+        "failed_by_node": dict(Counter(r.node or "-" for r in failed).most_common(20)),
     }
 
 
