@@ -29,7 +29,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import SplitResult, parse_qs, urlsplit
 
 from wso2_sandbox.standin import MAX_SLOW_MS, EventLog, FaultModel, _load_timing
 
@@ -112,7 +112,13 @@ class StandinHost:
         boot, gap = (0.0, 0.0) if instant else _load_timing(node.home)
         await _sleep_until(t0 + boot - gap)
         node.faults = FaultModel(node.home / "etc" / "faults.json", node.version)
-        node.server = await self._bind(node)
+        try:
+            node.server = await self._bind(node)
+        except OSError as e:
+            # Like a product that dies at start: the node reads as stopped, and says why.
+            print(f"standin_host: {node.name} cannot listen: {e}", file=sys.stderr, flush=True)
+            node.boot = None
+            return
         node.events().write("port_open", node.version)
         await _sleep_until(t0 + boot)
         node.ready = True
@@ -198,8 +204,8 @@ class StandinHost:
         await writer.drain()
         return keep
 
-    async def _answer(self, node: NodeProduct, url: object) -> tuple[int, str]:
-        path, query = url.path, url.query  # type: ignore[attr-defined]
+    async def _answer(self, node: NodeProduct, url: SplitResult) -> tuple[int, str]:
+        path, query = url.path, url.query
         if not node.ready:
             return 503, f"{node.name} {node.version} starting\n"
         if path == "/health":
