@@ -15,7 +15,8 @@ LIVENESS_PORT ?=
 help:
 	@echo "make demo     - run a rollout under load on a local sandbox (control plane, 2 HAProxy, 3 SSH nodes)"
 	@echo "make test     - lint and run every test against real kube-apiserver, HAProxy, sshd and Argo CD"
-	@echo "make cluster / cluster-down, make fleet / fleet-down, make operator [LIVENESS_PORT=N], make bench"
+	@echo "make cluster / cluster-down, make fleet [CLUSTERS=50 NODES=4] / fleet-down, make operator [LIVENESS_PORT=N]"
+	@echo "make bench [PROFILE=...] - speed and zero-downtime bench; make bench SCALE=1 - the scale bench"
 	@echo "make demo SCENARIO=gitops - the same rollout committed to Git and synced by a real Argo CD"
 	@echo "make down     - stop the operator, fleet and control plane; make reset also deletes .sandbox"
 
@@ -56,11 +57,20 @@ cluster: setup
 cluster-down: operator-down
 	@$(BIN)/python -m wso2_sandbox.controlplane down --dir $(SANDBOX)/cluster
 
+# CLUSTERS=N [NODES=M] [LB_MODE=per-cluster]: the scale fleet instead (N clusters of M nodes behind
+# one shared LB pair, or a pair each), in $(SANDBOX)/fleet-scale.
 fleet: setup
+ifdef CLUSTERS
+	@$(BIN)/python -m wso2_sandbox.fleet_scale up --dir $(SANDBOX)/fleet-scale --clusters $(CLUSTERS) \
+		$(if $(NODES),--nodes $(NODES),) $(if $(LB_MODE),--lb-mode $(LB_MODE),)
+else
 	@$(BIN)/python -m wso2_sandbox.fleet up --dir $(SANDBOX)/fleet
+endif
 
 fleet-down: venv
 	@$(BIN)/python -m wso2_sandbox.fleet down --dir $(SANDBOX)/fleet
+	@if [ -d $(SANDBOX)/fleet-scale ]; then \
+		$(BIN)/python -m wso2_sandbox.fleet_scale down --dir $(SANDBOX)/fleet-scale; fi
 
 # In the foreground (Ctrl-C stops it); its pid is recorded so that cluster-down stops it too.
 operator: setup
@@ -80,8 +90,13 @@ reset: down
 demo: setup
 	@$(BIN)/python -m wso2_sandbox.demo $(if $(KEEP),--keep,) $(if $(SCENARIO),--scenario $(SCENARIO),)
 
+# SCALE=1: the scale bench (bench/scale.py: 50 clusters x 4 nodes, a 40-node cluster, idle cost).
 bench: setup
+ifdef SCALE
+	@$(BIN)/python -m bench.scale
+else
 	@$(BIN)/python -m bench.run $(if $(PROFILE),--profiles $(PROFILE),)
+endif
 
 image-check: setup
 	$(BIN)/pytest -q tests/integration/test_manifests.py tests/e2e/test_image.py -k "dockerfile or test_image"

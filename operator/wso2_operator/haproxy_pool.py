@@ -171,6 +171,9 @@ class LBPool:
         self.clients = list(clients)
         self.tolerate_unreachable = tolerate_unreachable
         self.poll_interval = poll_interval
+        # (backend, server) -> LBs where warm() forced the health proof to start over. In memory
+        # on purpose: after a restart nothing is known, and reenable() forces it again.
+        self._warmed: dict[tuple[str, str], set[str]] = {}
 
     @property
     def names(self) -> list[str]:
@@ -368,6 +371,29 @@ class LBPool:
             await client.set_state(backend, server, "drain")
         await client.force_health_down(backend, server)
 
+    async def warm(self, backend: str, server: str) -> list[str]:
+        """Start the health proof of a node that is out of rotation, ahead of reenable().
+
+        MAINT pauses HAProxy's checks, so a node coming back from MAINT waits ~rise x inter for
+        fresh passes after reenable() begins. warm() begins them earlier: on every LB where the
+        server is MAINT or DRAIN it sets DRAIN + forced health down, the same start as
+        reenable()'s, so the rise runs while the node boots and the operator proves it healthy.
+        The node stays out: DOWN takes no traffic, and only after `rise` fresh passes can a
+        DRAIN server see persistent (cookie) traffic, as in reenable() itself. Call it only once
+        the old process is gone (after provisioning): a pass of the old build must not count.
+        A READY server is never touched. Returns the LBs warmed.
+        """
+        _check_name("backend", backend)
+        _check_name("server", server)
+        run = _Run(self)
+        views = await run.each(lambda c: c.server(backend, server))
+        todo = [c for c in run.active if views[c.name].admin_state in ("MAINT", "DRAIN")]
+        admin = {c.name: views[c.name].admin_state for c in todo}
+        await run.each(lambda c: self._begin_fresh_check(c, backend, server, admin[c.name]), todo)
+        warmed = {c.name for c in todo}
+        self._warmed[(backend, server)] = warmed
+        return sorted(warmed)
+
     async def reenable(self, backend: str, server: str, *, deadline: float) -> ReenableResult:
         """Safely bring the server back: MAINT -> DRAIN + forced DOWN -> fresh passing checks on
         every LB -> READY -> read back UP. Never READY while a check has not passed afresh.
@@ -399,7 +425,11 @@ class LBPool:
                 run.names(), run.skipped, time.monotonic() - t0, backend, server, already, 0.0
             )
         admin = {c.name: views[c.name].admin_state for c in work}
-        await run.each(lambda c: self._begin_fresh_check(c, backend, server, admin[c.name]), work)
+        # Where warm() already forced the proof to start over and the server is still DRAIN,
+        # forcing it again would only restart the rise.
+        warmed = self._warmed.pop((backend, server), set())
+        begin = [c for c in work if not (c.name in warmed and admin[c.name] == "DRAIN")]
+        await run.each(lambda c: self._begin_fresh_check(c, backend, server, admin[c.name]), begin)
         t_changed = time.monotonic()
         last: dict[str, str] = {}
         while True:

@@ -173,10 +173,18 @@ async def run_step(
     if step.kind == StepKind.WAIT_HEALTHY:
         since = p.since or now()
         deadline = time.monotonic() + max(0.0, since + spec.health.healthy_deadline - now())
+        # HAProxy's own checks rise while we wait (see LBPool.warm): the version is verified
+        # and the old process gone, and the node stays out of rotation until ENABLE.
+        async with timed("lb"):
+            await a.pool.warm(spec.backend, name)
         ok, detail = await a.health.wait_healthy(
             node.host, spec.health, deadline, poll=min(spec.health.period, 0.2)
         )
         if not ok:
+            # Back to MAINT: a node that failed our check must not sit in DRAIN, where passing
+            # HAProxy checks would let persistent traffic reach it while the policy decides.
+            async with timed("lb"):
+                await a.pool.maint(spec.backend, name)
             raise StepFailed(
                 "HealthCheckFailed",
                 f"{name}: not healthy within {spec.health.healthy_deadline:g}s: {detail}",

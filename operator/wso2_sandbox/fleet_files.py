@@ -71,24 +71,29 @@ def haproxy_config(
 ) -> str:
     """``backends``: backend name -> server names, for several clusters on one LB (the frontend
     routes to the first); without it, every server is in ``backend``."""
-    tcp_line = (
-        f"    stats socket ipv4@{tcp_admin[0]}:{tcp_admin[1]} level admin\n" if tcp_admin else ""
-    )
     groups = backends or {backend: [s[0] for s in servers]}
     by_name = {s[0]: s for s in servers}
-    # An explicit weight of 100 (HAProxy's default is 1) lets a traffic ramp `set weight` in
-    # steps of 1 % of a node's configured share.
-    sections = "\n".join(
-        f"""backend {group}
-    balance roundrobin
-    option httpchk GET /health
-"""
-        + "".join(
-            f"    server {sname} {addr}:{port} weight {SERVER_WEIGHT} check inter 500ms fall 2 "
-            "rise 2\n"
-            for sname, addr, port in (by_name[m] for m in members)
+    return (
+        haproxy_global(
+            name=name,
+            admin_socket=admin_socket,
+            operator_socket=operator_socket,
+            tcp_admin=tcp_admin,
         )
-        for group, members in groups.items()
+        + haproxy_frontend(frontend="fe_wso2", bind=frontend, backend=next(iter(groups)))
+        + "".join(
+            haproxy_backend(backend=group, servers=[by_name[m] for m in members])
+            for group, members in groups.items()
+        )
+    )
+
+
+def haproxy_global(
+    *, name: str, admin_socket: str, operator_socket: str, tcp_admin: tuple[str, int] | None
+) -> str:
+    """The global and defaults sections of an LB's haproxy.cfg (its sites follow)."""
+    tcp_line = (
+        f"    stats socket ipv4@{tcp_admin[0]}:{tcp_admin[1]} level admin\n" if tcp_admin else ""
     )
     # No retries/redispatch tuning on purpose: the sandbox must show failures the way a stock
     # production config would, not hide them.
@@ -104,17 +109,51 @@ defaults
     timeout connect 2s
     timeout client 60s
     timeout server 60s
+"""
 
-frontend fe_wso2
-    bind {frontend[0]}:{frontend[1]}
-    default_backend {next(iter(groups))}
 
-{sections}"""
+def haproxy_site(
+    *, frontend: str, bind: tuple[str, int], backend: str, servers: Sequence[tuple[str, str, int]]
+) -> str:
+    """One frontend and the backend of its cluster's servers."""
+    return haproxy_frontend(frontend=frontend, bind=bind, backend=backend) + haproxy_backend(
+        backend=backend, servers=servers
+    )
+
+
+def haproxy_frontend(*, frontend: str, bind: tuple[str, int], backend: str) -> str:
+    return f"""
+frontend {frontend}
+    bind {bind[0]}:{bind[1]}
+    default_backend {backend}
+"""
+
+
+def haproxy_backend(*, backend: str, servers: Sequence[tuple[str, str, int]]) -> str:
+    # An explicit weight of 100 (HAProxy's default is 1) lets a traffic ramp `set weight` in
+    # steps of 1 % of a node's configured share.
+    server_lines = "".join(
+        f"    server {sname} {addr}:{port} weight {SERVER_WEIGHT} check inter 500ms fall 2 rise 2\n"
+        for sname, addr, port in servers
+    )
+    return f"""
+backend {backend}
+    balance roundrobin
+    option httpchk GET /health
+{server_lines}"""
 
 
 def wso2ctl_script(
-    *, node_home: str, node_name: str, node_addr: str, http_port: int, python: str
+    *,
+    node_home: str,
+    node_name: str,
+    node_addr: str,
+    http_port: int,
+    python: str,
+    standin_socket: str | None = None,
 ) -> str:
+    """The node's `wso2ctl`; with `standin_socket`, its product runs in a shared stand-in host
+    (`wso2_sandbox.standin_host`) that start/stop/status talk to instead of a process of its own."""
     header = "\n".join(
         f"{k}={shlex.quote(v)}"
         for k, v in {
@@ -123,9 +162,14 @@ def wso2ctl_script(
             "NODE_ADDR": node_addr,
             "HTTP_PORT": str(http_port),
             "PY": python,
+            **({"STANDIN_SOCKET": standin_socket} if standin_socket else {}),
         }.items()
     )
-    return _WSO2CTL_HEAD + header + "\n" + _WSO2CTL_BODY
+    body = _WSO2CTL_BODY
+    if standin_socket:
+        # Bash takes the last definition of a function: these replace the per-process ones.
+        body = body.replace(_WSO2CTL_DISPATCH, _WSO2CTL_HOSTED + _WSO2CTL_DISPATCH, 1)
+    return _WSO2CTL_HEAD + header + "\n" + body
 
 
 _WSO2CTL_HEAD = """\
@@ -304,4 +348,38 @@ case "${1:-}" in
     exit 2
     ;;
 esac
+"""
+
+_WSO2CTL_DISPATCH = 'case "${1:-}" in'
+
+# The product runs in a stand-in host shared by many nodes: its control socket stands for the
+# process table. The host writes the start/stop events itself (one Python start less per step).
+_WSO2CTL_HOSTED = r"""standin_ctl() {
+  "$PY" -I -S -c 'import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(30)
+s.connect(sys.argv[1])
+s.sendall((" ".join(sys.argv[2:]) + "\n").encode())
+reply = b""
+while chunk := s.recv(4096):
+    reply += chunk
+print(reply.decode().strip())
+sys.exit(0 if reply.startswith(b"ok") else 1)' "$STANDIN_SOCKET" "$@"
+}
+
+running_pid() {
+  [[ $(standin_ctl status "$NODE_NAME") == "ok running" ]] && echo hosted
+}
+
+cmd_stop() {
+  lock
+  standin_ctl stop "$NODE_NAME" >/dev/null
+  echo "stopped"
+}
+
+cmd_start() {
+  lock
+  standin_ctl start "$NODE_NAME" "$(date +%s.%N)" | sed 's/^ok //'
+}
+
 """

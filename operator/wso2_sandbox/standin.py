@@ -143,8 +143,8 @@ class EventLog:
         self._path = path
         self._lock = threading.Lock()
 
-    def write(self, event: str, version: str) -> None:
-        line = json.dumps({"t": time.time(), "event": event, "version": version}) + "\n"
+    def write(self, event: str, version: str, t: float | None = None) -> None:
+        line = json.dumps({"t": t or time.time(), "event": event, "version": version}) + "\n"
         with self._lock:
             fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:

@@ -30,6 +30,7 @@ from bench.profiles import (
     RunOptions,
 )
 from bench.runs import run_operator
+from bench.scale import parse_args, run_big, run_concurrent
 from tests.conftest import Kube
 from wso2_sandbox.fleet import Fleet
 
@@ -130,3 +131,32 @@ def test_bad_release_analysis_run_reports_the_catch(
     interval = ANALYSIS_UPDATE["analysis"]["intervalSeconds"]
     # Caught and out well within the bench's own target (3 intervals), with room for a busy CI.
     assert b["first_node_exposure_seconds"] < 6 * interval, (b, detail)
+
+
+@pytest.mark.timeout(300)
+def test_scale_bench_at_a_tiny_size(bench_kube: BenchKube, tmp_path: Path) -> None:
+    # The scale bench's own code at 3 clusters x 2 nodes (one behind load, one rolled alone
+    # first) and a 4-node cluster at maxUnavailable 50 %: correctness and that every figure is
+    # there; the figures themselves are the bench's business.
+    a = parse_args(
+        ["--clusters", "3", "--nodes", "2", "--loaded", "1", "--alone", "1", "--rate", "20",
+         "--idle-seconds", "3", "--big-nodes", "4", "--big-max-unavailable", "50%",
+         "--warmup", "1.5", "--tail", "0.5", "--timeout", "120", "--boot-seconds", "1.5",
+         "--ready-gap-seconds", "0.5", "--install-seconds", "0.3"]
+    )  # fmt: skip
+    c = run_concurrent(bench_kube, a, tmp_path / "concurrent")
+    detail = f"see {tmp_path} (operator.log); {c}"
+    assert c["all_ready_at_new_version"] and "error" not in c, detail
+    assert c["requests_total"] > 0 and c["requests_failed"] == 0, detail
+    assert c["sampler_sweeps"] > 0 and c["max_nodes_admin_out_any_cluster"] == 1, detail
+    assert set(c["alone_seconds"]) == {"c1"} and set(c["per_cluster"]) == {"c1", "c2", "c3"}
+    assert c["apiserver_requests_by_verb"].get("PATCH", 0) > 0, detail  # the operator's status
+    assert c["connections_hosts"] > 0 and c["operator_peak_rss_mib"] > 0, detail
+    assert c["idle"]["seconds"] >= 3 and c["idle"]["operator_cpu_seconds"] >= 0, detail
+
+    b = run_big(bench_kube, a, tmp_path / "big")
+    detail = f"see {tmp_path / 'big'} (operator.log); {b}"
+    assert b["requests_failed"] == 0 and b["requests_total"] > 0, detail
+    assert 1 <= b["max_nodes_admin_out"] <= 2, detail
+    assert b["batches"] == 2 and b["physical_limit_seconds"] > 0, detail
+    assert b["rollout_seconds"] is not None and b["overhead"] is not None, detail

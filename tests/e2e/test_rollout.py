@@ -130,6 +130,30 @@ def test_failed_provision_pauses_then_fixed_version_completes(make_env):
     assert results[-2:] == ["Failed", "Succeeded"]
 
 
+def test_unhealthy_new_version_goes_back_to_maint_and_never_serves(make_env):
+    # WAIT_HEALTHY warms HAProxy's checks (DRAIN + forced down) while the node boots; a node that
+    # then fails the operator's own health check must end in MAINT, not sit in DRAIN.
+    env: Env = make_env()
+    node1 = env.fleet.node("node1")
+    env.operator.start()
+    env.apply_cluster("1.0.0", health={"healthyDeadlineSeconds": 3})
+    env.wait_ready()
+    node1.set_timing(boot_seconds=600, ready_gap_seconds=600)  # port open, /health 503
+    with LBSampler(env.fleet) as sampler:
+        env.patch_spec({"version": "2.0.0"})
+        env.wait_for(
+            lambda o: env.node_phase(o, "node1") == "Failed", what="node1 Failed", timeout=60
+        )
+    assert env.condition("Degraded")["reason"] == "HealthCheckFailed"
+    statuses = {lb.name: lb.servers()["node1"]["status"] for lb in env.fleet.lbs}
+    assert all(s.startswith("MAINT") for s in statuses.values()), statuses
+    first_out = next(t for t, snap in sampler.samples if "node1" in sampler.out_of_rotation(snap))
+    after = [snap for t, snap in sampler.samples if t >= first_out]
+    assert all("node1" in sampler.out_of_rotation(snap) for snap in after)
+    assert sampler.max_out() == 1
+    assert env.fleet.node("node2").installed_version() == "1.0.0"
+
+
 def test_pause_stops_and_resume_finishes(make_env):
     env: Env = make_env()
     env.operator.start()

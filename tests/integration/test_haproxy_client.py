@@ -366,6 +366,49 @@ async def test_reenable_unhealthy_node_never_takes_traffic(
     assert all(st["node3"].is_up for st in states.values())
 
 
+async def test_warm_starts_the_proof_while_the_node_boots_and_reenable_keeps_it(
+    adapter_fleet: Fleet, executor: SSHExecutor, pool: LBPool, local_pool: LBPool
+) -> None:
+    node = adapter_fleet.node("node2")
+    await pool.drain(BACKEND, "node2", deadline=5)
+    # A READY server is never touched.
+    assert await pool.warm(BACKEND, "node1") == []
+    states = await local_pool.states(BACKEND)
+    assert all(st["node1"].admin_state == "READY" and st["node1"].is_up for st in states.values())
+    await executor.run(node.host, node.ssh_port, "wso2ctl stop")
+    node.set_timing(boot_seconds=2.0, ready_gap_seconds=1.5)
+    urls = [lb.url("/") for lb in adapter_fleet.lbs]
+    try:
+        async with Sampler(local_pool, "node2") as sampler:
+            await executor.run(node.host, node.ssh_port, "wso2ctl start")
+            assert await pool.warm(BACKEND, "node2") == ["lb1", "lb2"]
+            warmed = len(sampler.samples)
+            replies = await burst(urls, 100)
+            # Warmed: fresh passes on every LB once the node is ready, while still DRAIN.
+            end = time.monotonic() + 15
+            for lb in local_pool.clients:
+                while not (await lb.server(BACKEND, "node2")).op_running:
+                    assert time.monotonic() < end, "no fresh passing check after the boot"
+                    await asyncio.sleep(0.05)
+            proven = len(sampler.samples)
+            replies += await burst(urls, 100)
+            result = await pool.reenable(BACKEND, "node2", deadline=10)
+    finally:
+        node.set_timing(boot_seconds=0.5, ready_gap_seconds=0.2)
+    assert result.confirmed == ["lb1", "lb2"]
+    assert all(r.status == 200 for r in replies)
+    assert Counter(r.node for r in replies)["node2"] == 0  # out of rotation the whole time
+    before = [s for _, _, s in sampler.samples[warmed:proven]]
+    # Boot behind DRAIN + forced down: DOWN (no traffic) until fresh passes; never READY early.
+    assert any(not s.op_running for s in before)
+    assert all(s.admin_state == "DRAIN" for s in before)
+    # reenable() kept the warm proof: it did not force the server DOWN again.
+    after = [s for _, _, s in sampler.samples[proven:]]
+    assert after and all(s.op_running for s in after)
+    states = await local_pool.states(BACKEND)
+    assert all(st["node2"].admin_state == "READY" and st["node2"].is_up for st in states.values())
+
+
 async def test_stale_l7ok_right_after_drain_from_maint(
     adapter_fleet: Fleet, executor: SSHExecutor, local_pool: LBPool
 ) -> None:
