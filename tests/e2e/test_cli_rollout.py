@@ -63,6 +63,9 @@ def test_get_watch_follows_a_real_canary_rollout_piped_and_on_a_terminal(make_en
     load.start()
     try:
         read_until(master, r"Ctrl-C to stop")  # the first screen is up
+        # And the piped watch's first line: under load it may start after node1's Draining.
+        first_line = piped.stdout.readline()  # type: ignore[union-attr]
+        assert first_line, piped.stderr.read()  # type: ignore[union-attr]
         env.patch_spec({"version": "2.0.0"})
         env.wait_for(
             lambda o: o.get("status", {}).get("phase") == "Paused", timeout=120, what="pause"
@@ -97,7 +100,7 @@ def test_get_watch_follows_a_real_canary_rollout_piped_and_on_a_terminal(make_en
             p.terminate()
             p.wait(timeout=10)
         os.close(master)
-    lines = piped.stdout.read().decode().splitlines()  # type: ignore[union-attr]
+    lines = (first_line + piped.stdout.read()).decode().splitlines()  # type: ignore[union-attr]
     print("--- kubectl w2c get -w | cat ---\n" + "\n".join(lines))
     text = "\n".join(lines)
     # One line per change, in the order the rollout went through them.
