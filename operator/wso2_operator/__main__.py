@@ -15,6 +15,11 @@ plus a few of its own, which it consumes before handing the rest to kopf:
                         WSO2_SHARD_SELECTOR). For several operators splitting a fleet: see
                         README, Sharding. The shard's kopf peering object and finalizer are
                         named after the selector (shard=a: wso2-operator-shard-a)
+  --max-ssh-handshakes N
+                        SSH handshakes in flight at once, over all hosts (default 16; env
+                        WSO2_MAX_SSH_HANDSHAKES). The rest wait their turn without it counting
+                        against connectTimeoutSeconds, so starting with many clusters does not
+                        storm the LB hosts' sshd (MaxStartups) or starve a small CPU
   --random-priority     pick a random peering priority, so that of two replicas exactly one acts
   --require-secret-label
                         use an SSH Secret only if it carries the label vmops.dev/ssh-access="true"
@@ -35,7 +40,7 @@ import os
 import random
 import sys
 
-from . import lifecycle
+from . import lifecycle, ssh
 from .kube import PEERING_SCOPE_ENV
 from .secret_policy import REQUIRE_LABEL_ENV
 from .shard import SELECTOR_ENV, SelectorError, parse_selector
@@ -61,6 +66,11 @@ def own_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     )
     own.add_argument("--observe-period", type=float, default=None)
     own.add_argument("--selector", default=os.environ.get(SELECTOR_ENV) or "")
+    own.add_argument(
+        "--max-ssh-handshakes",
+        type=int,
+        default=int(os.environ.get("WSO2_MAX_SSH_HANDSHAKES") or ssh.DEFAULT_HANDSHAKE_LIMIT),
+    )
     own.add_argument("--random-priority", action="store_true")
     own.add_argument("--require-secret-label", action="store_true")
     own.add_argument(
@@ -81,6 +91,10 @@ def main(argv: list[str] | None = None) -> None:
     except SelectorError as e:
         print(f"wso2-operator: --selector: {e}", file=sys.stderr)
         sys.exit(2)
+    if args.max_ssh_handshakes < 1:
+        print("wso2-operator: --max-ssh-handshakes must be at least 1", file=sys.stderr)
+        sys.exit(2)
+    ssh.set_handshake_limit(args.max_ssh_handshakes)
     os.environ[SELECTOR_ENV] = args.selector  # read by handlers at import
     if args.observe_period is not None:
         os.environ["WSO2_OBSERVE_PERIOD"] = str(args.observe_period)

@@ -10,6 +10,11 @@ Design points (see /work/shared/notes/kopf-asyncssh-crd.md):
   does not kill a command whose channel closes without a pty. So every command runs under a
   small remote wrapper (coreutils ``timeout`` plus a watchdog on stdin, see ``_WRAPPER``), and
   a local timeout or cancellation closes the channel, which makes the wrapper kill the command.
+* At most ``handshake_limit()`` SSH handshakes run at once in the process, whatever the hosts
+  (an operator starting up with 50 clusters would otherwise open 300 at once: on a small machine
+  the key exchanges starve each other past their timeouts, and each LB host's sshd drops the
+  excess by its ``MaxStartups``). Waiting for a handshake slot is the operator's own queueing,
+  not the host's time: it never counts against ``connect_timeout``.
 * Nothing waits on the server without a deadline: connect, channel open and exec share
   ``connect_timeout``, the command gets its ``timeout``, and the channel close after a timeout
   or cancellation gets ``CHANNEL_CLOSE_TIMEOUT``, after which the connection is dropped. So
@@ -29,6 +34,7 @@ import logging
 import re
 import shlex
 import time
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -67,6 +73,8 @@ CHANNEL_CLOSE_TIMEOUT = REMOTE_KILL_AFTER + 1.0
 # A shared connect attempt bounds itself with connect_timeout; its waiters give up this much later
 # in case that bound is ever lost (a coroutine that swallows cancellation), so no caller can hang.
 CONNECT_GRACE = 1.0
+# SSH handshakes in flight at once per process (see the module docstring).
+DEFAULT_HANDSHAKE_LIMIT = 16
 # Characters of remote-controlled text (a disconnect reason, a signal name) copied into a message.
 REMOTE_TEXT_CHARS = 200
 # Characters of stderr in an SSHCommandFailed message (the full tail is on the exception).
@@ -360,6 +368,52 @@ def _command_name(command: str) -> str:
     return words[0] if words else ""
 
 
+_handshake_limit = DEFAULT_HANDSHAKE_LIMIT
+_handshake_gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def set_handshake_limit(limit: int) -> None:
+    """How many SSH handshakes may run at once in this process (for loops created after)."""
+    global _handshake_limit
+    if limit < 1:
+        raise ConfigError("the SSH handshake limit must be >= 1")
+    _handshake_limit = limit
+
+
+def handshake_limit() -> int:
+    return _handshake_limit
+
+
+def _handshake_gate() -> asyncio.Semaphore:
+    """The running loop's handshake semaphore, shared by every executor on it."""
+    loop = asyncio.get_running_loop()
+    gate = _handshake_gates.get(loop)
+    if gate is None:
+        gate = _handshake_gates[loop] = asyncio.Semaphore(_handshake_limit)
+    return gate
+
+
+@dataclass(eq=False)
+class _ConnectAttempt:
+    """One connect attempt to a (host, port), shared by every caller that needs it."""
+
+    future: asyncio.Future[asyncssh.SSHClientConnection]
+    started: asyncio.Event = field(default_factory=asyncio.Event)  # holds a handshake slot
+    since: float = 0.0  # loop.time() when the handshake began
+
+    async def wait_started(self) -> None:
+        """Until the attempt holds a handshake slot (or is over). Never cancels the attempt."""
+        if self.started.is_set() or self.future.done():
+            return
+        waiter = asyncio.ensure_future(self.started.wait())
+        try:
+            await asyncio.wait({waiter, self.future}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+
+
 class SSHExecutor:
     """Runs commands over one reused SSH connection per (host, port).
 
@@ -385,8 +439,7 @@ class SSHExecutor:
             )
         self._known_hosts = _import_known_hosts(credentials.known_hosts)
         self._conns: dict[tuple[str, int], asyncssh.SSHClientConnection] = {}
-        self._pending: dict[tuple[str, int], asyncio.Future[asyncssh.SSHClientConnection]] = {}
-        self._pending_since: dict[tuple[str, int], float] = {}  # loop.time() of the attempt
+        self._pending: dict[tuple[str, int], _ConnectAttempt] = {}
         self._sems: dict[tuple[str, int], asyncio.Semaphore] = {}
         self._closed = False
         _install_log_redaction()
@@ -424,7 +477,10 @@ class SSHExecutor:
     async def _connection(
         self, host: str, port: int, deadline: float | None
     ) -> asyncssh.SSHClientConnection:
-        """``connection()``, but giving up at ``deadline`` (``loop.time()``) if that is earlier."""
+        """``connection()``, but giving up at ``deadline`` (``loop.time()``) if that is earlier.
+
+        The deadline is moved on by however long the attempt waited for a handshake slot.
+        """
         if self._closed:
             raise RuntimeError("SSHExecutor is closed")
         loop = asyncio.get_running_loop()
@@ -432,14 +488,15 @@ class SSHExecutor:
         conn = self._conns.get(key)
         if conn is not None and not conn.is_closed():
             return conn
-        fut = self._pending.get(key)
-        if fut is None:
-            fut = asyncio.ensure_future(self._connect(host, port))
-            self._pending[key] = fut
-            self._pending_since[key] = loop.time()
-            fut.add_done_callback(lambda f, key=key: self._connect_done(key, f))
+        attempt = self._attempt(host, port)
+        if not attempt.started.is_set():
+            queued = loop.time()
+            await attempt.wait_started()
+            if deadline is not None:
+                deadline += loop.time() - queued
+        fut = attempt.future
         timeout = self._creds.connect_timeout
-        backstop = self._pending_since[key] + timeout + CONNECT_GRACE
+        backstop = (attempt.since or loop.time()) + timeout + CONNECT_GRACE
         try:
             async with asyncio.timeout_at(
                 backstop if deadline is None else min(backstop, deadline)
@@ -448,24 +505,38 @@ class SSHExecutor:
                 return await asyncio.shield(fut)
         except TimeoutError:
             pass
-        if loop.time() >= backstop and self._pending.get(key) is fut:
+        if loop.time() >= backstop and self._pending.get(key) is attempt:
             # The attempt outlived its own bound: let the next caller start afresh. It is not
             # cancelled (that would cancel the callers still sharing it); if it ever completes,
             # _connect_done closes the connection it brings.
             log.warning("ssh connect to %s:%d overran its timeout; abandoned", host, port)
             del self._pending[key]
-            del self._pending_since[key]
         raise SSHUnreachable(
             f"SSH connect to {host}:{port} timed out after {timeout:g}s", host=host, port=port
         )
 
-    def _connect_done(
-        self, key: tuple[str, int], fut: asyncio.Future[asyncssh.SSHClientConnection]
-    ) -> None:
-        current = self._pending.get(key) is fut
+    def _attempt(self, host: str, port: int) -> _ConnectAttempt:
+        """The connect attempt under way to (host, port), started if there is none."""
+        key = (host, port)
+        attempt = self._pending.get(key)
+        if attempt is None:
+            attempt = _ConnectAttempt(asyncio.ensure_future(self._connect(host, port)))
+            self._pending[key] = attempt
+            attempt.future.add_done_callback(lambda f: self._connect_done(key, attempt))
+            attempt.future.add_done_callback(lambda f: attempt.started.set())
+        return attempt
+
+    async def _handshake_turn(self, host: str, port: int) -> None:
+        """Wait until (host, port) is connected or its connect attempt holds a handshake slot."""
+        conn = self._conns.get((host, port))
+        if (conn is None or conn.is_closed()) and not self._closed:
+            await self._attempt(host, port).wait_started()
+
+    def _connect_done(self, key: tuple[str, int], attempt: _ConnectAttempt) -> None:
+        fut = attempt.future
+        current = self._pending.get(key) is attempt
         if current:
             del self._pending[key]
-            del self._pending_since[key]
         # Retrieve a failure here: it reaches the callers that awaited the attempt, and one that
         # nobody awaits any more must not be logged as "never retrieved".
         if fut.cancelled() or fut.exception() is not None:
@@ -482,6 +553,14 @@ class SSHExecutor:
         self._conns[key] = conn
 
     async def _connect(self, host: str, port: int) -> asyncssh.SSHClientConnection:
+        async with _handshake_gate():
+            attempt = self._pending.get((host, port))
+            if attempt is not None and attempt.future is asyncio.current_task():
+                attempt.since = asyncio.get_running_loop().time()
+                attempt.started.set()
+            return await self._handshake(host, port)
+
+    async def _handshake(self, host: str, port: int) -> asyncssh.SSHClientConnection:
         timeout = self._creds.connect_timeout
         started = time.monotonic()
         try:
@@ -547,8 +626,8 @@ class SSHExecutor:
 
     async def close(self) -> None:
         self._closed = True
-        for fut in list(self._pending.values()):
-            fut.cancel()
+        for attempt in list(self._pending.values()):
+            attempt.future.cancel()
         conns = list(self._conns.values())
         self._conns.clear()
         for conn in conns:
@@ -595,7 +674,9 @@ class SSHExecutor:
         name = _clip(_command_name(command), COMMAND_NAME_CHARS)
         log.debug("ssh %s:%d run %r (env names %s)", host, port, command, sorted(env or ()))
         async with self._semaphore(host, port):
-            # Waiting for the slot is our own queueing; the server's time starts now.
+            # Waiting for the session slot and for a handshake slot is our own queueing; the
+            # server's time starts now.
+            await self._handshake_turn(host, port)
             start_deadline = asyncio.get_running_loop().time() + self._creds.connect_timeout
             for attempt in (1, 2):
                 conn = await self._connection(host, port, start_deadline)

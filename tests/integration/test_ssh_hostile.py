@@ -25,7 +25,13 @@ from wso2_operator.errors import (
     SSHCommandTimeout,
     SSHUnreachable,
 )
-from wso2_operator.ssh import CHANNEL_CLOSE_TIMEOUT, SSHCredentials, SSHExecutor
+from wso2_operator.ssh import (
+    CHANNEL_CLOSE_TIMEOUT,
+    SSHCredentials,
+    SSHExecutor,
+    handshake_limit,
+    set_handshake_limit,
+)
 from wso2_sandbox.fleet import Fleet, FleetConfig
 from wso2_sandbox.fleet_handles import NodeHandle
 
@@ -425,3 +431,75 @@ async def test_remote_controlled_text_is_capped_and_defused_in_messages(
     assert len(message) < 450, (len(message), message)
     assert not re.search(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e]", message), message
     assert "FORGED" not in message
+
+
+# ------------------------------------------------------------------------ handshake limit
+
+
+class SilentPeer:
+    """Accepts TCP connections and never says a word (an SSH server that hangs before its
+    banner), counting how many it was sent."""
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> SilentPeer:
+        self._server = await asyncio.start_server(self._hold, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def _hold(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        with contextlib.suppress(ConnectionError):
+            await reader.read()  # until the client gives up
+        writer.close()
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+
+@pytest.fixture
+def two_handshakes_at_once() -> Iterator[None]:
+    before = handshake_limit()
+    set_handshake_limit(2)  # applies to the gate of the test's own (fresh) event loop
+    try:
+        yield
+    finally:
+        set_handshake_limit(before)
+
+
+async def test_handshakes_beyond_the_limit_queue_without_spending_their_timeout(
+    ssh_fleet: Fleet, node: NodeHandle, two_handshakes_at_once: None
+):
+    peers = [await SilentPeer().start() for _ in range(4)]
+    loop = asyncio.get_running_loop()
+    try:
+        async with SSHExecutor(creds(ssh_fleet, connect_timeout=1.0)) as ex:
+            t0 = loop.time()
+            silent = [asyncio.create_task(ex.connection("127.0.0.1", p.port)) for p in peers]
+            await asyncio.sleep(0)
+            real = asyncio.create_task(ex.run(node.host, node.ssh_port, "echo ok", timeout=10))
+            await asyncio.sleep(0.5)
+            # Two handshakes in flight: the first two peers were dialled, the rest wait.
+            assert [p.accepted for p in peers] == [1, 1, 0, 0]
+            got = await asyncio.gather(*silent, return_exceptions=True)
+            assert all(isinstance(r, SSHUnreachable) for r in got), got
+            assert all("timed out after 1s" in str(r) for r in got)
+            assert [p.accepted for p in peers] == [1, 1, 1, 1]
+            result = await real
+            # It got its turn only after two rounds of 1 s timeouts, more than its own 1 s
+            # connect timeout, and was not reported unreachable for waiting.
+            assert result.stdout.strip() == "ok"
+            assert loop.time() - t0 >= 2.0
+    finally:
+        for p in peers:
+            p.close()
+
+
+def test_the_handshake_limit_is_at_least_one() -> None:
+    with pytest.raises(ConfigError, match=">= 1"):
+        set_handshake_limit(0)
+    assert handshake_limit() >= 1
