@@ -29,7 +29,7 @@ from .custody import HAND_BACK_ANNOTATION, Custody, departed_from_status, hand_b
 from .errors import (
     WSO2OperatorError,
 )
-from .hooks import PlayDriving, after_hook_due, retry_resets
+from .hooks import AFTER, PlayDriving, after_failed, after_hook_due, retry_resets
 from .kube import KubeAdapter, SecretProblem, event
 from .maintenance import MaintenanceRollouts, describe, maintenance_done, next_rollout
 from .model import (
@@ -552,10 +552,16 @@ class ClusterReconciler(CanaryDriving, PlayDriving, MaintenanceRollouts):
             if p.rolling_back
             else maintenance_done(r.maintenance, p.target, r.to_revision)
         )
+        # Every node is updated, so history says Succeeded, but the Event must not read as a
+        # clean success next to the Degraded condition.
+        degraded = result == "Succeeded" and after_failed(r)
+        if degraded:
+            msg += f"; {AFTER} failed"
         self.history = append_history(self.history, history_entry(r, result, now, msg))
         self.rollout = replace(r, finished=True)
         metrics.rollout_finished(self.namespace, self.name, result, now - (r.start or now))
-        event(self.body, "Rollout" + result, f"{r.from_version} -> {r.to_version}: {msg}")
+        reason = "RolloutDegraded" if degraded else "Rollout" + result
+        event(self.body, reason, f"{r.from_version} -> {r.to_version}: {msg}", warning=degraded)
 
     # ------------------------------------------------------------------ status
     async def persist(self, spec: ClusterSpec, p: Plan | None = None) -> None:
