@@ -9,7 +9,7 @@ operator's connections, host-key checks and commands are what they would be on a
 directory standing for its disk, its own `wso2ctl`, and its own product listener on :8243 with
 its own version, timing, faults and event log. What is shared to keep 200 nodes cheap: the
 product stand-in process (`wso2_sandbox.standin_host`, one per `nodes_per_standin` nodes), which
-`wso2ctl` drives over a control socket instead of spawning a process per node.
+`wso2ctl` drives over a local TCP control channel instead of spawning a process per node.
 
     with ScaleFleet(ScaleFleetConfig(clusters=50, nodes_per_cluster=4)) as fleet:
         for c in fleet.clusters:
@@ -304,8 +304,8 @@ class ScaleFleet:
         hosts = -(-len(self.nodes) // self.config.nodes_per_standin)
         return [self.nodes[g::hosts] for g in range(hosts)]
 
-    def _control_socket(self, group: int) -> str:
-        return f"{self._socket_dir or self.base_dir}/standin{group + 1}.sock"
+    def _standin_endpoint(self, group: int) -> str:
+        return f"{self.base_dir}/standin{group + 1}.endpoint"
 
     def _write_files(self) -> None:
         ssh = self.description["ssh"]
@@ -346,7 +346,7 @@ class ScaleFleet:
                         node_addr=n.host,
                         http_port=n.http_port,
                         python=sys.executable,
-                        standin_socket=self._control_socket(g),
+                        standin_endpoint=self._standin_endpoint(g),
                     )
                 )
                 ctl.chmod(0o755)
@@ -423,7 +423,7 @@ class ScaleFleet:
             )
         for g, group in enumerate(self._standin_groups()):
             argv = [sys.executable, "-I", "-m", "wso2_sandbox.standin_host"]
-            argv += ["--control", self._control_socket(g), "--port", str(HTTP_PORT)]
+            argv += ["--endpoint", self._standin_endpoint(g), "--port", str(HTTP_PORT)]
             for n in group:
                 argv += ["--node", f"{n.name}={n.host}={n.dir}"]
             self._spawn(f"standin{g + 1}.host", argv, f"{self.base_dir}/standin{g + 1}.log", "/")
