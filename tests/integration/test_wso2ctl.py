@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.test_fleet import wait_for
-from wso2_sandbox.fleet import _free_port, _http_status
+from wso2_sandbox.fleet_base import free_port, http_status
 from wso2_sandbox.fleet_files import wso2ctl_script
 
 pytestmark = pytest.mark.timeout(60)
@@ -185,7 +185,7 @@ def test_conf_reads_the_fleets_json_and_falls_back_to_its_default(
 @pytest.fixture
 def hosted(tmp_path: Path) -> Iterator[Node]:
     """A node whose product runs in a real stand-in host process."""
-    port = _free_port("127.0.0.1")
+    port = free_port("127.0.0.1")
     endpoint = tmp_path / "standin1.endpoint"
     node = make_node(tmp_path, standin_endpoint=str(endpoint), port=port)
     argv = [sys.executable, "-I", "-m", "wso2_sandbox.standin_host", "--endpoint", str(endpoint)]
@@ -197,7 +197,7 @@ def hosted(tmp_path: Path) -> Iterator[Node]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_for("the hosted node", lambda: _http_status("127.0.0.1", port, "/health") == 200)
+        wait_for("the hosted node", lambda: http_status("127.0.0.1", port, "/health") == 200)
         yield node
     finally:
         proc.kill()
@@ -239,7 +239,7 @@ def test_hosted_control_refuses_a_wrong_token_and_says_when_unreachable(hosted: 
     endpoint.unlink()
     r = hosted.run("start")
     assert r.returncode == 1 and "no stand-in host endpoint" in r.stderr
-    endpoint.write_text(f"{_free_port('127.0.0.1')} {token}\n")
+    endpoint.write_text(f"{free_port('127.0.0.1')} {token}\n")
     r = hosted.run("stop")
     assert r.returncode == 1 and "cannot reach the stand-in host" in r.stderr
     endpoint.write_text(f"{port} {token}\n")
