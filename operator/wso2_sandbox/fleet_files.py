@@ -150,10 +150,11 @@ def wso2ctl_script(
     node_addr: str,
     http_port: int,
     python: str,
-    standin_socket: str | None = None,
+    standin_endpoint: str | None = None,
 ) -> str:
-    """The node's `wso2ctl`; with `standin_socket`, its product runs in a shared stand-in host
-    (`wso2_sandbox.standin_host`) that start/stop/status talk to instead of a process of its own."""
+    """The node's `wso2ctl`; with `standin_endpoint` (the file where a shared stand-in host,
+    `wso2_sandbox.standin_host`, writes its control port and token), its product runs in that
+    host, which start/stop/status talk to instead of a process of its own."""
     header = "\n".join(
         f"{k}={shlex.quote(v)}"
         for k, v in {
@@ -162,11 +163,11 @@ def wso2ctl_script(
             "NODE_ADDR": node_addr,
             "HTTP_PORT": str(http_port),
             "PY": python,
-            **({"STANDIN_SOCKET": standin_socket} if standin_socket else {}),
+            **({"STANDIN_ENDPOINT": standin_endpoint} if standin_endpoint else {}),
         }.items()
     )
     body = _WSO2CTL_BODY
-    if standin_socket:
+    if standin_endpoint:
         # Bash takes the last definition of a function: these replace the per-process ones.
         body = body.replace(_WSO2CTL_DISPATCH, _WSO2CTL_HOSTED + _WSO2CTL_DISPATCH, 1)
     return _WSO2CTL_HEAD + header + "\n" + body
@@ -186,25 +187,45 @@ EVENTS="$NODE_HOME/log/events.jsonl"
 CONF="$NODE_HOME/etc/standin.json"
 LOCKED=0
 
-# Python writes the event so versions are JSON-escaped properly; one append per line keeps
-# lines whole next to the stand-in's own writes.
+# Everything but the stand-in itself runs in bash: a Python start costs ~60 ms of CPU, and a node
+# update made five of them (see bench/README.md, "Scale").
+
+# One event line, JSON built here. The version comes from a file anyone on the node may edit: `\`
+# and `"` are escaped, control characters and non-ASCII bytes (never in a valid version, maybe
+# not UTF-8) dropped, and it is cut so the line stays far below bash's 8 KiB output buffer: one
+# printf to an O_APPEND descriptor is then one write, so lines stay whole next to the
+# stand-in's own writes. EPOCHREALTIME is the time without a fork (a comma in some locales).
 log_event() {
-  "$PY" -I -S -c 'import json, os, sys, time
-line = json.dumps({"t": time.time(), "event": sys.argv[2], "version": sys.argv[3]}) + "\n"
-fd = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-os.write(fd, line.encode())' "$EVENTS" "$1" "$2"
+  local LC_ALL=C
+  local v=${2:0:2000}
+  v=${v//[^ -~]/}
+  v=${v//\\/\\\\}
+  v=${v//\"/\\\"}
+  printf '{"t": %s, "event": "%s", "version": "%s"}\n' "${EPOCHREALTIME/,/.}" "$1" "$v" \
+    >>"$EVENTS"
 }
 
+# A number from etc/standin.json, a flat object of numbers written by the fleet (json.dumps,
+# indented or not) and by NodeHandle.set_timing. Anything else (unreadable, truncated, another
+# shape) or a missing key gives the default, as json.load did.
 conf() {
-  "$PY" -I -S -c 'import json, sys
-try:
-    print(float(json.load(open(sys.argv[1])).get(sys.argv[2], sys.argv[3])))
-except (OSError, ValueError):
-    print(sys.argv[3])' "$CONF" "$1" "$2"
+  local text='' num='-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?'
+  local pair="[[:space:]]*\"[A-Za-z0-9_]+\"[[:space:]]*:[[:space:]]*$num[[:space:]]*"
+  IFS= read -r -d '' text 2>/dev/null <"$CONF" || true
+  if [[ $text =~ ^[[:space:]]*\{($pair(,$pair)*)?\}[[:space:]]*$ ]] \
+      && [[ $text =~ \"$1\"[[:space:]]*:[[:space:]]*($num) ]]; then
+    echo "${BASH_REMATCH[1]}"
+  else
+    echo "$2"
+  fi
 }
 
 installed() {
-  if [[ -f $NODE_HOME/opt/VERSION ]]; then tr -d '\n' < "$NODE_HOME/opt/VERSION"; fi
+  local v=''
+  if [[ -f $NODE_HOME/opt/VERSION ]]; then
+    IFS= read -r -d '' v <"$NODE_HOME/opt/VERSION" || true
+    printf '%s' "${v//$'\n'/}"
+  fi
 }
 
 running_pid() {
@@ -294,7 +315,7 @@ cmd_start() {
   # Detached in its own session, with no fd of this shell (not even the lock), so the SSH
   # session returns at once and the stand-in outlives it.
   setsid "$PY" -I -S "$NODE_HOME/opt/standin.py" --home "$NODE_HOME" --name "$NODE_NAME" \
-    --host "$NODE_ADDR" --port "$HTTP_PORT" --t0 "$(date +%s.%N)" \
+    --host "$NODE_ADDR" --port "$HTTP_PORT" --t0 "${EPOCHREALTIME/,/.}" \
     </dev/null >>"$NODE_HOME/log/standin.log" 2>&1 9>&- &
   echo "$!" > "$PIDFILE"
   echo "started (pid $!)"
@@ -352,34 +373,48 @@ esac
 
 _WSO2CTL_DISPATCH = 'case "${1:-}" in'
 
-# The product runs in a stand-in host shared by many nodes: its control socket stands for the
-# process table. The host writes the start/stop events itself (one Python start less per step).
+# The product runs in a stand-in host shared by many nodes: its control channel stands for the
+# process table. The host writes the start/stop events itself. Bash reaches it through /dev/tcp
+# (bash cannot speak unix sockets), at the port and with the token the host wrote to
+# $STANDIN_ENDPOINT; the reply lands in CTL_REPLY, so no subshell is needed either.
 _WSO2CTL_HOSTED = r"""standin_ctl() {
-  "$PY" -I -S -c 'import socket, sys
-s = socket.socket(socket.AF_UNIX)
-s.settimeout(30)
-s.connect(sys.argv[1])
-s.sendall((" ".join(sys.argv[2:]) + "\n").encode())
-reply = b""
-while chunk := s.recv(4096):
-    reply += chunk
-print(reply.decode().strip())
-sys.exit(0 if reply.startswith(b"ok") else 1)' "$STANDIN_SOCKET" "$@"
+  local port='' token=''
+  CTL_REPLY=""
+  IFS=' ' read -r port token 2>/dev/null <"$STANDIN_ENDPOINT" || true
+  if ! [[ $port =~ ^[0-9]+$ ]]; then
+    CTL_REPLY="error: no stand-in host endpoint in $STANDIN_ENDPOINT"
+    return 1
+  fi
+  if ! { exec 8<>"/dev/tcp/127.0.0.1/$port"; } 2>/dev/null; then
+    CTL_REPLY="error: cannot reach the stand-in host at 127.0.0.1:$port"
+    return 1
+  fi
+  printf '%s %s\n' "$token" "$*" >&8
+  IFS= read -r -t 30 CTL_REPLY <&8 || true
+  exec 8>&-
+  [[ $CTL_REPLY == ok* ]]
 }
 
 running_pid() {
-  [[ $(standin_ctl status "$NODE_NAME") == "ok running" ]] && echo hosted
+  standin_ctl status "$NODE_NAME" && [[ $CTL_REPLY == "ok running" ]] && echo hosted
 }
 
 cmd_stop() {
   lock
-  standin_ctl stop "$NODE_NAME" >/dev/null
+  if ! standin_ctl stop "$NODE_NAME"; then
+    echo "wso2ctl: stopping the stand-in of $NODE_NAME failed: $CTL_REPLY" >&2
+    exit 1
+  fi
   echo "stopped"
 }
 
 cmd_start() {
   lock
-  standin_ctl start "$NODE_NAME" "$(date +%s.%N)" | sed 's/^ok //'
+  if ! standin_ctl start "$NODE_NAME" "${EPOCHREALTIME/,/.}"; then
+    echo "wso2ctl: starting the stand-in of $NODE_NAME failed: $CTL_REPLY" >&2
+    exit 1
+  fi
+  echo "${CTL_REPLY#ok }"
 }
 
 """

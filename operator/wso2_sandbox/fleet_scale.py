@@ -9,7 +9,7 @@ operator's connections, host-key checks and commands are what they would be on a
 directory standing for its disk, its own `wso2ctl`, and its own product listener on :8243 with
 its own version, timing, faults and event log. What is shared to keep 200 nodes cheap: the
 product stand-in process (`wso2_sandbox.standin_host`, one per `nodes_per_standin` nodes), which
-`wso2ctl` drives over a control socket instead of spawning a process per node.
+`wso2ctl` drives over a local TCP control channel instead of spawning a process per node.
 
     with ScaleFleet(ScaleFleetConfig(clusters=50, nodes_per_cluster=4)) as fleet:
         for c in fleet.clusters:
@@ -22,7 +22,6 @@ product stand-in process (`wso2_sandbox.standin_host`, one per `nodes_per_standi
 from __future__ import annotations
 
 import argparse
-import atexit
 import contextlib
 import errno
 import getpass
@@ -31,7 +30,6 @@ import math
 import os
 import secrets
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,47 +38,35 @@ from pathlib import Path
 from typing import Any
 
 from wso2_sandbox import fleet_procs
-from wso2_sandbox.fleet import (
-    HAPROXY,
+from wso2_sandbox.fleet_base import (
     HTTP_PORT,
     MAX_SOCKET_PATH,
-    SSH_KEYGEN,
     SSH_PORT,
-    SSHD,
-    _bind_errno,
-    _http_status,
-    _poll,
-    _port_or_free,
-    _ssh_banner,
-    _tail,
+    FleetBase,
+    ProductConfig,
+    bind_errno,
+    lb_servers,
+    port_or_free,
 )
-from wso2_sandbox.fleet_files import haproxy_global, haproxy_site, sshd_config, wso2ctl_script
-from wso2_sandbox.fleet_handles import FleetError, LBHandle, NodeHandle, parse_stat, write_faults
+from wso2_sandbox.fleet_files import haproxy_global, haproxy_site
+from wso2_sandbox.fleet_handles import FleetError, LBHandle, NodeHandle
 from wso2_sandbox.standin import parse_faults
 
 LB_MODES = ("shared", "per-cluster")
 FIRST_FRONTEND_PORT = 8001
 NODES_PER_BLOCK = 200  # node addresses .11-.210 of each /24
-START_TIMEOUT = 60.0
-KEYGEN_PARALLEL = 32
 
 
 @dataclass
-class ScaleFleetConfig:
+class ScaleFleetConfig(ProductConfig):
     clusters: int = 3
     nodes_per_cluster: int = 4
     lb_mode: str = "shared"
-    initial_version: str = "1.0.0"
-    boot_seconds: float = 3.0
-    ready_gap_seconds: float = 2.0
-    install_seconds: float = 0.5
     # One stand-in host process per this many nodes: a single asyncio loop answers HAProxy's
     # checks (2 LBs x 2 a second per node) and its share of the load. At 50 a host stalled past
     # HAProxy's 500 ms check timeout on this shared 2-core machine (load 20) when ten loaded
     # clusters' nodes sat in one host; 25 per host, spread round robin, keeps up.
     nodes_per_standin: int = 25
-    base_dir: str | None = None
-    faults: dict[str, dict[str, float | int]] | None = None
 
     @property
     def nodes(self) -> int:
@@ -107,80 +93,20 @@ class ClusterSlice:
         }
 
 
-class ScaleFleet:
+class ScaleFleet(FleetBase):
     """C clusters x N nodes and their LBs on random loopback /24s. Synchronous."""
 
+    PREFIX = "w2s-"
+    START_TIMEOUT = 60.0
+    config: ScaleFleetConfig
+
     def __init__(self, config: ScaleFleetConfig | None = None, *, stop_at_exit: bool = True):
-        self.config = config or ScaleFleetConfig()
+        super().__init__(config or ScaleFleetConfig(), stop_at_exit=stop_at_exit)
         self.clusters: list[ClusterSlice] = []
         self.nodes: list[NodeHandle] = []
         self.lb_hosts: list[LBHandle] = []  # one per LB host (its first site's view)
-        self.base_dir = ""
-        self.description: dict[str, Any] = {}
-        self.start_seconds: float | None = None
-        self.stop_seconds: float | None = None
-        self._procs: dict[str, subprocess.Popen[bytes]] = {}
-        self._logs: dict[str, str] = {}
-        self._socket_dir: str | None = None
-        self._owns_base = False
-        self._stop_at_exit = stop_at_exit
-        self._state = "new"
 
     # ----------------------------------------------------------------- public API
-
-    def start(self) -> ScaleFleet:
-        if self._state != "new":
-            raise FleetError("a ScaleFleet starts once; create a new one")
-        self._validate()
-        t0 = time.monotonic()
-        self._state = "running"
-        if self._stop_at_exit:
-            atexit.register(self.stop)
-        try:
-            self._prepare_base()
-            self._plan()
-            self._write_files()
-            self._launch()
-        except BaseException:
-            with contextlib.suppress(Exception):
-                self.stop()
-            raise
-        self.start_seconds = time.monotonic() - t0
-        self.description["start_seconds"] = round(self.start_seconds, 3)
-        Path(self.base_dir, "fleet.json").write_text(json.dumps(self.description, indent=1))
-        return self
-
-    def stop(self) -> None:
-        """Kill every process of the fleet and wait until none is left. Idempotent."""
-        if self._state != "running":
-            self._state = "stopped"
-            return
-        self._state = "stopped"
-        t0 = time.monotonic()
-        with contextlib.suppress(Exception):
-            atexit.unregister(self.stop)
-        leaders = {p.pid for p in self._procs.values()}
-        left = fleet_procs.kill_fleet(self.base_dir, leaders) if self.base_dir else set()
-        for proc in self._procs.values():
-            with contextlib.suppress(Exception):
-                proc.kill()
-                proc.wait(timeout=5)
-        if self._socket_dir:
-            shutil.rmtree(self._socket_dir, ignore_errors=True)
-        if self._owns_base and os.environ.get("W2F_KEEP") != "1":
-            shutil.rmtree(self.base_dir, ignore_errors=True)
-        elif self.base_dir:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(self.base_dir, "fleet.json"))
-        self.stop_seconds = time.monotonic() - t0
-        if left:
-            raise FleetError(f"fleet processes survived SIGKILL: {sorted(left)}")
-
-    def __enter__(self) -> ScaleFleet:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def cluster(self, name: str) -> ClusterSlice:
         for c in self.clusters:
@@ -188,17 +114,9 @@ class ScaleFleet:
                 return c
         raise KeyError(f"no cluster {name!r} in this fleet")
 
-    def processes(self) -> set[int]:
-        """Pids of every live process of this fleet (for leak checks)."""
-        leaders = {p.pid for p in self._procs.values()}
-        return fleet_procs.fleet_processes(self.base_dir, leaders) if self.base_dir else set()
-
     def lb_servers(self, lb: LBHandle) -> dict[str, dict[str, dict[str, str]]]:
         """`show stat` of every backend of one LB host in one command: backend -> server -> row."""
-        out: dict[str, dict[str, dict[str, str]]] = {}
-        for row in parse_stat(lb.command("show stat -1 4 -1")):
-            out.setdefault(row["pxname"], {})[row["svname"]] = row
-        return out
+        return lb_servers(lb)
 
     # ----------------------------------------------------------------- start, step by step
 
@@ -217,17 +135,10 @@ class ScaleFleet:
         except ValueError as e:
             raise FleetError(f"invalid faults: {e}") from None
 
-    def _prepare_base(self) -> None:
-        if self.config.base_dir is None:
-            self.base_dir = tempfile.mkdtemp(prefix="w2s-", dir="/tmp")
-            self._owns_base = True
-        else:
-            self.base_dir = os.path.realpath(self.config.base_dir)
-            if os.path.exists(self.base_dir):
-                shutil.rmtree(self.base_dir)  # an earlier fleet's keys and logs must not mix in
-            os.makedirs(self.base_dir)
-        if os.geteuid() == 0:
-            os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+    def _clear_leftovers(self) -> None:
+        if os.path.exists(self.base_dir):
+            shutil.rmtree(self.base_dir)  # an earlier fleet's keys and logs must not mix in
+        os.makedirs(self.base_dir)
 
     def _plan(self) -> None:
         c = self.config
@@ -251,7 +162,7 @@ class ScaleFleet:
                 LBHandle(
                     name=name,
                     host=addr,
-                    ssh_port=_port_or_free(addr, SSH_PORT),
+                    ssh_port=port_or_free(addr, SSH_PORT),
                     frontend=(addr, 0),
                     socket=f"{sock_dir}/{name}-admin.sock",
                     operator_socket=f"{sock_dir}/{name}-operator.sock",
@@ -268,7 +179,7 @@ class ScaleFleet:
                 addr = node_addrs[ci * c.nodes_per_cluster + k]
                 name = f"{cname}-node{k + 1}"
                 nodes.append(
-                    NodeHandle(name, addr, _port_or_free(addr, SSH_PORT), HTTP_PORT, f"{b}/{name}")
+                    NodeHandle(name, addr, port_or_free(addr, SSH_PORT), HTTP_PORT, f"{b}/{name}")
                 )
             pair = hosts[:2] if c.lb_mode == "shared" else hosts[2 * ci : 2 * ci + 2]
             port = FIRST_FRONTEND_PORT + (ci if c.lb_mode == "shared" else 0)
@@ -304,74 +215,20 @@ class ScaleFleet:
         hosts = -(-len(self.nodes) // self.config.nodes_per_standin)
         return [self.nodes[g::hosts] for g in range(hosts)]
 
-    def _control_socket(self, group: int) -> str:
-        return f"{self._socket_dir or self.base_dir}/standin{group + 1}.sock"
+    def _standin_endpoint(self, group: int) -> str:
+        return f"{self.base_dir}/standin{group + 1}.endpoint"
 
     def _write_files(self) -> None:
         ssh = self.description["ssh"]
-        os.makedirs(f"{self.base_dir}/ssh", mode=0o700)
         hosts: list[NodeHandle | LBHandle] = [*self.nodes, *self.lb_hosts]
-        keys = {"client": ssh["private_key_path"]}
-        for h in hosts:
-            os.makedirs(f"{h.dir}/sshd")
-            keys[h.name] = f"{h.dir}/sshd/ssh_host_ed25519_key"
-        _keygen(keys)
-        Path(ssh["authorized_keys_path"]).write_text(Path(ssh["public_key_path"]).read_text())
-        known = []
-        for h in hosts:
-            key = " ".join(Path(f"{keys[h.name]}.pub").read_text().split()[:2])
-            who = h.host if h.ssh_port == 22 else f"[{h.host}]:{h.ssh_port}"
-            known.append(f"{who} {key}\n")
-        Path(ssh["known_hosts_path"]).write_text("".join(known))
-
-        c = self.config
-        timing = {
-            "boot_seconds": c.boot_seconds,
-            "ready_gap_seconds": c.ready_gap_seconds,
-            "install_seconds": c.install_seconds,
-        }
+        keys = self._write_ssh_keys(ssh, hosts)
         for g, group in enumerate(self._standin_groups()):
             for n in group:
-                for sub in ("bin", "etc", "opt", "run", "log", "home"):
-                    os.makedirs(f"{n.dir}/{sub}", exist_ok=True)
-                Path(n.dir, "etc", "standin.json").write_text(json.dumps(timing) + "\n")
-                Path(n.dir, "opt", "VERSION").write_text(c.initial_version + "\n")
-                Path(n.dir, "log", "installs.count").write_text("0\n")
-                write_faults(Path(n.dir, "etc", "faults.json"), c.faults or {})
-                ctl = Path(n.dir, "bin", "wso2ctl")
-                ctl.write_text(
-                    wso2ctl_script(
-                        node_home=n.dir,
-                        node_name=n.name,
-                        node_addr=n.host,
-                        http_port=n.http_port,
-                        python=sys.executable,
-                        standin_socket=self._control_socket(g),
-                    )
-                )
-                ctl.chmod(0o755)
+                self._write_node_files(n, standin_endpoint=self._standin_endpoint(g))
         for lb in self.lb_hosts:
             os.makedirs(f"{lb.dir}/bin", exist_ok=True)
-            os.makedirs(f"{lb.dir}/home", exist_ok=True)
             Path(lb.dir, "haproxy.cfg").write_text(self._haproxy_config(lb))
-        for h in hosts:
-            env = {
-                "HOME": f"{h.dir}/home",  # not this machine's ~/.bashrc (see fleet.py)
-                "PATH": f"{h.dir}/bin:/usr/local/bin:/usr/bin:/bin",
-                "NODE_HOME" if isinstance(h, NodeHandle) else "LB_HOME": h.dir,
-                fleet_procs.MARKER_VAR: self.base_dir,
-            }
-            Path(h.dir, "sshd", "sshd_config").write_text(
-                sshd_config(
-                    name=h.name,
-                    host=h.host,
-                    port=h.ssh_port,
-                    host_key=keys[h.name],
-                    pid_file=f"{h.dir}/sshd/sshd.pid",
-                    authorized_keys=ssh["authorized_keys_path"],
-                    env=env,
-                )
-            )
+        self._write_sshd_configs(ssh, hosts, keys)
 
     def _haproxy_config(self, lb: LBHandle) -> str:
         text = haproxy_global(
@@ -391,113 +248,27 @@ class ScaleFleet:
                     )
         return text
 
-    def _spawn(self, key: str, argv: list[str], log_path: str, cwd: str) -> None:
-        env = {"PATH": "/usr/sbin:/usr/bin:/bin", "LANG": "C.UTF-8"}
-        env[fleet_procs.MARKER_VAR] = self.base_dir
-        self._logs[key] = log_path
-        with open(log_path, "ab") as log:
-            self._procs[key] = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=cwd,
-                start_new_session=True,
-            )
-
-    def _check_children(self) -> None:
-        for key, proc in self._procs.items():
-            if proc.poll() is not None:
-                raise FleetError(
-                    f"{key} exited with {proc.returncode} during start: {_tail(self._logs[key])}"
-                )
-
     def _launch(self) -> None:
-        for h in [*self.nodes, *self.lb_hosts]:
-            self._spawn(
-                f"{h.name}.sshd",
-                [SSHD, "-D", "-e", "-f", f"{h.dir}/sshd/sshd_config"],
-                f"{h.dir}/sshd/sshd.log",
-                h.dir,
-            )
+        hosts: list[NodeHandle | LBHandle] = [*self.nodes, *self.lb_hosts]
+        self._spawn_sshds(hosts)
         for g, group in enumerate(self._standin_groups()):
             argv = [sys.executable, "-I", "-m", "wso2_sandbox.standin_host"]
-            argv += ["--control", self._control_socket(g), "--port", str(HTTP_PORT)]
+            argv += ["--endpoint", self._standin_endpoint(g), "--port", str(HTTP_PORT)]
             for n in group:
                 argv += ["--node", f"{n.name}={n.host}={n.dir}"]
             self._spawn(f"standin{g + 1}.host", argv, f"{self.base_dir}/standin{g + 1}.log", "/")
-        pending = {n.name: n for n in self.nodes}
-
-        def standins_ready() -> bool:
-            for name, n in list(pending.items()):
-                if _http_status(n.host, n.http_port, "/health", timeout=0.5) == 200:
-                    del pending[name]
-            return not pending
-
-        _poll("stand-ins to be ready", standins_ready, START_TIMEOUT, self._check_children)
+        self._wait_for_products(self.nodes, probe_timeout=0.5)
         # HAProxy starts after the stand-ins so its first health checks already pass.
-        for lb in self.lb_hosts:
-            self._spawn(
-                f"{lb.name}.haproxy",
-                [HAPROXY, "-W", "-db", "-f", f"{lb.dir}/haproxy.cfg"],
-                f"{lb.dir}/haproxy.log",
-                lb.dir,
-            )
-        pending_ssh = {h.name: h for h in [*self.nodes, *self.lb_hosts]}
-
-        def sshd_accepting() -> bool:
-            for name, h in list(pending_ssh.items()):
-                if _ssh_banner(h.host, h.ssh_port):
-                    del pending_ssh[name]
-            return not pending_ssh
-
-        _poll("sshd to accept connections", sshd_accepting, START_TIMEOUT, self._check_children)
+        self._spawn_haproxies(self.lb_hosts)
+        self._wait_for_sshd(hosts)
         # lb host -> backend -> the servers it must hold
-        want: dict[str, dict[str, set[str]]] = {}
+        want: dict[str, tuple[LBHandle, dict[str, set[str]]]] = {
+            lb.name: (lb, {}) for lb in self.lb_hosts
+        }
         for cl in self.clusters:
             for view in cl.lbs:
-                want.setdefault(view.name, {})[cl.backend] = {n.name for n in cl.nodes}
-        pending_lbs = {lb.name: lb for lb in self.lb_hosts}
-
-        def lbs_steady() -> bool:
-            # Servers start out UP before any check has run, so insist on a passed check too.
-            for name, lb in list(pending_lbs.items()):
-                try:
-                    rows = self.lb_servers(lb)
-                except (OSError, FleetError):
-                    continue
-                if all(
-                    set(rows.get(be, {})) == names
-                    and all(
-                        r["status"] == "UP" and r["check_status"].lstrip("* ") == "L7OK"
-                        for r in rows[be].values()
-                    )
-                    for be, names in want[name].items()
-                ):
-                    del pending_lbs[name]
-            return not pending_lbs
-
-        _poll("every LB to see every server UP", lbs_steady, START_TIMEOUT, self._check_children)
-
-
-def _keygen(keys: dict[str, str]) -> None:
-    """ssh-keygen for every host, KEYGEN_PARALLEL at a time (one run is a few ms)."""
-    items = list(keys.items())
-    for i in range(0, len(items), KEYGEN_PARALLEL):
-        gens = {
-            who: subprocess.Popen(
-                [SSH_KEYGEN, "-q", "-t", "ed25519", "-N", "", "-C", f"w2s-{who}", "-f", path],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-            )
-            for who, path in items[i : i + KEYGEN_PARALLEL]
-        }
-        for who, proc in gens.items():
-            _, err = proc.communicate(timeout=30)
-            if proc.returncode:
-                raise FleetError(f"ssh-keygen for {who} failed: {err.decode().strip()}")
+                want[view.name][1][cl.backend] = {n.name for n in cl.nodes}
+        self._wait_for_lbs(want)
 
 
 def _pick_addresses(nodes: int, lbs: int) -> tuple[list[str], list[str]]:
@@ -516,7 +287,7 @@ def _pick_addresses(nodes: int, lbs: int) -> tuple[list[str], list[str]]:
             f"127.{a}.{b + i // NODES_PER_BLOCK}.{11 + i % NODES_PER_BLOCK}" for i in range(nodes)
         ]
         lb_addrs = [f"127.{a}.{b + blocks - 1}.{11 + j}" for j in range(lbs)]
-        errs = [_bind_errno(h, HTTP_PORT) for h in node_addrs + lb_addrs]
+        errs = [bind_errno(h, HTTP_PORT) for h in node_addrs + lb_addrs]
         if errno.EADDRINUSE in errs:
             continue
         for h, err in zip(node_addrs + lb_addrs, errs, strict=True):

@@ -12,11 +12,14 @@ asyncio loop, and keeps every node's behaviour its own:
 - `wso2ctl stop` closes the node's listener and aborts its connections (requests in flight
   are cut, like SIGKILL to a JVM); other nodes of the host are untouched.
 
-`wso2ctl` reaches the host through a unix control socket, one line per command:
-`start <node> <t0> [instant]`, `stop <node>`, `status <node>`; the answer starts with `ok` or
-`error`.
+`wso2ctl` reaches the host over TCP on 127.0.0.1 (bash's /dev/tcp: no Python start per
+command), at an ephemeral port the host writes with a random token to the `--endpoint` file
+(`<port> <token>`, mode 600). One line per command, the token first:
+`<token> start <node> <t0> [instant]`, `<token> stop <node>`, `<token> status <node>`; the
+answer starts with `ok` or `error`. The token keeps other local users and other fleets' nodes
+out, as the unix socket's file mode did.
 
-    python standin_host.py --control SOCK --node NAME=ADDR=HOME ... [--port 8243]
+    python standin_host.py --endpoint FILE --node NAME=ADDR=HOME ... [--port 8243]
 """
 
 from __future__ import annotations
@@ -24,7 +27,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hmac
 import json
+import os
+import secrets
 import sys
 import time
 from dataclasses import dataclass, field
@@ -66,15 +72,20 @@ class NodeProduct:
 
 
 class StandinHost:
-    def __init__(self, nodes: list[NodeProduct]) -> None:
+    def __init__(self, nodes: list[NodeProduct], token: str) -> None:
         self.nodes = {n.name: n for n in nodes}
+        self.token = token
 
     # ------------------------------------------------------------------ control
 
     async def control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             line = (await reader.readline()).decode(errors="replace").split()
-            writer.write((await self._command(line) + "\n").encode())
+            if line and hmac.compare_digest(line[0].encode(), self.token.encode()):
+                answer = await self._command(line[1:])
+            else:
+                answer = "error: bad token"
+            writer.write((answer + "\n").encode())
             await writer.drain()
         finally:
             writer.close()
@@ -243,20 +254,32 @@ def parse_node(spec: str, port: int) -> NodeProduct:
 
 
 async def _main(args: argparse.Namespace) -> None:
-    host = StandinHost([parse_node(s, args.port) for s in args.node])
-    control = await asyncio.start_unix_server(host.control, args.control, backlog=256)
+    host = StandinHost([parse_node(s, args.port) for s in args.node], secrets.token_hex(16))
+    control = await asyncio.start_server(host.control, "127.0.0.1", 0, backlog=256)
+    port = control.sockets[0].getsockname()[1]
+    write_endpoint(args.endpoint, port, host.token)
     # The fleet's first start skips the simulated boot: nobody watches it.
     now = time.time()
     for node in host.nodes.values():
         host.start(node, now, instant=True)
-    print(json.dumps({"nodes": len(host.nodes), "control": args.control}), flush=True)
+    print(json.dumps({"nodes": len(host.nodes), "control_port": port}), flush=True)
     async with control:
         await control.serve_forever()
 
 
+def write_endpoint(path: str, port: int, token: str) -> None:
+    """`<port> <token>` for wso2ctl, readable by the fleet's user only, replaced atomically so a
+    wso2ctl never reads half of it."""
+    tmp = f"{path}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{port} {token}\n")
+    os.replace(tmp, path)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--control", required=True, help="unix socket for wso2ctl")
+    ap.add_argument("--endpoint", required=True, help="file to write the control port to")
     ap.add_argument("--node", action="append", default=[], help="NAME=ADDR=HOME")
     ap.add_argument("--port", type=int, default=8243)
     args = ap.parse_args(argv)

@@ -98,7 +98,7 @@ def test_each_cluster_has_its_own_backend_and_frontend_on_the_shared_pair(
 
 def test_one_node_updates_alone_on_a_shared_standin_host(scale: ScaleFleet) -> None:
     node, neighbour = scale.clusters[0].nodes[0], scale.clusters[0].nodes[1]
-    assert Path(node.dir, "bin", "wso2ctl").read_text().count("STANDIN_SOCKET=") == 1
+    assert Path(node.dir, "bin", "wso2ctl").read_text().count("STANDIN_ENDPOINT=") == 1
     t = time.time()
     r = run_ssh(scale, node, "wso2ctl stop")
     assert r.exit_status == 0, r.stderr
