@@ -57,9 +57,11 @@ from bench.scale_measure import (
     apiserver_requests,
     counter_delta,
     cpu_seconds,
+    own_cpu_seconds,
 )
 from wso2_sandbox.fleet_scale import LB_MODES, ClusterSlice, ScaleFleet, ScaleFleetConfig
-from wso2_sandbox.load import LoadConfig, LoadGenerator, LoadThread, Target, summarize
+from wso2_sandbox.load import REFUSED, LoadConfig, Target, client_figures, summarize
+from wso2_sandbox.load_process import LoadProcess
 from wso2_sandbox.manifest import fleet_manifests
 
 V1, V2, V3 = "1.0.0", "2.0.0", "3.0.0"
@@ -81,11 +83,16 @@ class ScaleKube:
         self.ns = namespace
         self.lists = 0
         self.patches = 0
+        self.list_cpu_seconds = 0.0  # what the LIST polls cost the bench (client side)
 
     def clusters(self) -> dict[str, dict[str, Any]]:
         self.lists += 1
-        items = self.kube._custom.list_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL)
-        return {o["metadata"]["name"]: o for o in items.get("items", [])}
+        cpu = time.thread_time()
+        try:
+            items = self.kube._custom.list_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL)
+            return {o["metadata"]["name"]: o for o in items.get("items", [])}
+        finally:
+            self.list_cpu_seconds += time.thread_time() - cpu
 
     def patch(self, name: str, version: str) -> None:
         self.patches += 1
@@ -142,11 +149,14 @@ def _apply_clusters(
     kube.apply(docs, ns)
 
 
-def _load_for(clusters: list[ClusterSlice], rate: float, seconds: float) -> LoadThread:
-    """`rate` req/s per cluster through both of its LBs; target names are `<cluster>@<lb>`."""
+def _load_for(clusters: list[ClusterSlice], rate: float, seconds: float) -> LoadProcess:
+    """`rate` req/s per cluster through both of its LBs; target names are `<cluster>@<lb>`.
+
+    In its own process: in a thread of this one it shared the GIL with the LB sweeps and the
+    LIST polls and, at 50 clusters, fell behind its schedule until it refused requests."""
     targets = [Target(f"{c.name}@{lb.name}", lb.url()) for c in clusters for lb in c.lbs]
     cfg = LoadConfig(rate=rate * len(clusters), long_ms=(2000, 5000), max_seconds=seconds)
-    return LoadThread(LoadGenerator(targets, cfg))
+    return LoadProcess(targets, cfg)
 
 
 def _start_operator(kube: Kube, ns: str, log_dir: Path) -> OperatorProcess:
@@ -181,11 +191,12 @@ def run_concurrent(kube: Kube, a: argparse.Namespace, log_dir: Path) -> dict[str
         loaded_names = {c.name for c in loaded}
         _apply_clusters(kube, ns, fleet.clusters)
         op = _start_operator(kube, ns, log_dir)
+        load = _load_for(loaded, a.rate, 3 * a.timeout + a.idle_seconds)
         try:
             t = time.time()
             sk.wait_done(names, V1, a.timeout, t)
             out["initial_ready_seconds"] = round(time.time() - t, 2)
-            load = _load_for(loaded, a.rate, 3 * a.timeout + a.idle_seconds)
+            own = _OwnCpu(sk)
             with ScaleSampler(fleet) as sampler:
                 load.start()
                 time.sleep(a.warmup)
@@ -212,6 +223,7 @@ def run_concurrent(kube: Kube, a: argparse.Namespace, log_dir: Path) -> dict[str
                     for name in names:
                         sk.patch(name, V3)
                     together = sk.wait_done(names, V3, a.timeout, t0, partial=True)
+                bench_cpu = own.figures(sampler.cpu_seconds)
                 stuck = {n: _reason(o) for n, o in sk.clusters().items() if n not in together}
                 cpu1 = cpu_seconds(op.proc.pid)
                 requests = counter_delta(sk.metrics(), before)
@@ -219,8 +231,10 @@ def run_concurrent(kube: Kube, a: argparse.Namespace, log_dir: Path) -> dict[str
                 requests["PATCH"] = requests.get("PATCH", 0) - (sk.patches - own0[1])
                 time.sleep(a.tail)
                 records = load.stop()
+            bench_cpu["load_process_seconds"] = load.child_cpu_seconds  # its whole life
             out.update(
                 _concurrent_figures(fleet, names, loaded_names, alone, together, sampler, records),
+                bench_cpu=bench_cpu,
                 alone_max_nodes_out=alone_out,
                 not_ready=stuck,
                 load=_load_figures(records, t_together),
@@ -241,6 +255,7 @@ def run_concurrent(kube: Kube, a: argparse.Namespace, log_dir: Path) -> dict[str
             elif stuck:
                 out["error"] = f"not Ready at {V3} within {a.timeout:.0f}s: {stuck}"
         finally:
+            load.close()
             op.stop()
     out["fleet_stop_seconds"] = round(fleet.stop_seconds or 0, 2)
     return out
@@ -264,6 +279,7 @@ def _concurrent_figures(
     per: dict[str, dict[str, Any]] = {}
     for name in names:
         recs = [r for r in records if r.lb.split("@")[0] == name]
+        refused = sum(1 for r in recs if r.error == REFUSED)
         rot = sampler.rotation[name]
         took = together.get(name)
         per[name] = {
@@ -275,6 +291,7 @@ def _concurrent_figures(
             "loaded": name in loaded,
             "requests": len(recs),
             "failed": sum(1 for r in recs if not r.ok),
+            "refused": refused,
         }
     ratios = [p["ratio"] for p in per.values() if p["ratio"] is not None]
     return {
@@ -284,8 +301,7 @@ def _concurrent_figures(
         "ratio_p95": _percentile(ratios, 0.95),
         "ratio_max": max(ratios, default=None),
         "ratio_of_sampled": {n: per[n]["ratio"] for n in alone},
-        "requests_total": len(records),
-        "requests_failed": sum(1 for r in records if not r.ok),
+        **_request_figures(records),
         "max_nodes_out_any_cluster": max(p["max_nodes_out"] for p in per.values()),
         "max_nodes_admin_out_any_cluster": max(p["max_nodes_admin_out"] for p in per.values()),
         "sampler_sweeps": sampler.sweeps,
@@ -295,6 +311,40 @@ def _concurrent_figures(
     }
 
 
+def _request_figures(records: list[Any]) -> dict[str, Any]:
+    """Failed requests, and of them the ones the generator refused to send (they never reached
+    a LB: the client machine's limit, not the product's), and how late it sent the others."""
+    client = client_figures(records)
+    return {
+        "requests_total": len(records),
+        "requests_failed": sum(1 for r in records if not r.ok),
+        "requests_refused": client["refused"],
+        "requests_failed_sent": client["failed_sent"],
+        "load_lag_p50_s": client["lag_p50_s"],
+        "load_lag_p99_s": client["lag_p99_s"],
+        "load_lag_max_s": client["lag_max_s"],
+    }
+
+
+class _OwnCpu:
+    """The bench process's own CPU from its creation on, and what its LIST polls and LB sweeps
+    took of it: if the bench starves the machine, its figures are the bench's, not the product's."""
+
+    def __init__(self, sk: ScaleKube) -> None:
+        self.sk = sk
+        self.t0, self.cpu0, self.lists0 = time.monotonic(), own_cpu_seconds(), sk.list_cpu_seconds
+
+    def figures(self, sweeps_cpu: float) -> dict[str, Any]:
+        wall, cpu = time.monotonic() - self.t0, own_cpu_seconds() - self.cpu0
+        return {
+            "wall_seconds": round(wall, 1),
+            "process_seconds": round(cpu, 2),
+            "process_percent_of_core": round(100 * cpu / wall, 1),
+            "list_polls_seconds": round(self.sk.list_cpu_seconds - self.lists0, 2),
+            "lb_sweeps_seconds": round(sweeps_cpu, 2),
+        }
+
+
 def _load_figures(records: list[Any], t_together: float) -> dict[str, Any]:
     """Failures by cause, and when: while clusters were rolled alone, or all at once."""
     failed = [r for r in records if not r.ok]
@@ -302,6 +352,9 @@ def _load_figures(records: list[Any], t_together: float) -> dict[str, Any]:
         **summarize(records),
         "failed_before_concurrent": sum(1 for r in failed if r.start < t_together),
         "failed_from_concurrent": sum(1 for r in failed if r.start >= t_together),
+        "lag_p99_from_concurrent_s": client_figures(r for r in records if r.start >= t_together)[
+            "lag_p99_s"
+        ],
         "failed_by_node": dict(Counter(r.node or "-" for r in failed).most_common(20)),
     }
 
@@ -344,9 +397,9 @@ def run_big(kube: Kube, a: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
         update = {"maxUnavailable": a.big_max_unavailable}
         _apply_clusters(kube, ns, [cluster], update)
         op = _start_operator(kube, ns, log_dir)
+        load = _load_for([cluster], a.rate, 2 * a.timeout)
         try:
             sk.wait_done([cluster.name], V1, a.timeout, time.time())
-            load = _load_for([cluster], a.rate, 2 * a.timeout)
             with LBSampler(cluster.lbs) as sampler:
                 load.start()
                 time.sleep(a.warmup)
@@ -358,6 +411,7 @@ def run_big(kube: Kube, a: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
                 records = load.stop()
             out["operator_peak_rss_mib"] = round((op.peak_rss_kib() or 0) / 1024, 1)
         finally:
+            load.close()
             op.stop()
         result = analyze(
             t0=t0,
@@ -377,8 +431,7 @@ def run_big(kube: Kube, a: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
         overhead=round(result["rollout_seconds"] / sum(per_batch), 3)
         if result["rollout_seconds"] and per_batch
         else None,
-        requests_total=len(records),
-        requests_failed=sum(1 for r in records if not r.ok),
+        **_request_figures(records),
         node_seconds_median=statistics.median(
             n["physical"]["total"] for n in result["nodes"] if "physical" in n
         ),
@@ -407,6 +460,25 @@ def _met(value: float | None, target: float, below: bool = True) -> str:
     return "met" if (value <= target if below else value >= target) else "**missed**"
 
 
+def _requests_verdict(part: dict[str, Any]) -> str:
+    """0 failed is shown only if the generator sent every request: a refused one never reached
+    a LB, so it proves nothing either way about the product."""
+    if part["requests_failed_sent"]:
+        return "**missed**"
+    if part["requests_refused"]:
+        return "not shown: the generator refused requests (client overloaded)"
+    return "met"
+
+
+def _bench_cpu(cpu: dict[str, Any]) -> str:
+    if not cpu:
+        return "n/a"
+    return (
+        f"{cpu['process_percent_of_core']} % of a core ({cpu['list_polls_seconds']} s, "
+        f"{cpu['lb_sweeps_seconds']} s), load process {cpu.get('load_process_seconds')} s"
+    )
+
+
 def print_table(report: dict[str, Any]) -> None:
     for part in ("concurrent", "big"):
         if err := (report.get(part) or {}).get("error"):
@@ -422,8 +494,12 @@ def print_table(report: dict[str, Any]) -> None:
             (f"{n}: fleet start / stop",
              f"{c['fleet_start_seconds']} s / {c['fleet_stop_seconds']} s", ""),
             (f"{n}: every cluster Ready at the new version", c["all_ready_at_new_version"], ""),
-            (f"{n}: failed requests", f"{c['requests_failed']} of {c['requests_total']}",
-             "met" if c["requests_failed"] == 0 else "**missed**"),
+            (f"{n}: failed requests (of them refused by the generator)",
+             f"{c['requests_failed']} of {c['requests_total']} ({c['requests_refused']})",
+             _requests_verdict(c)),
+            (f"{n}: generator lag p50 / p99 / max, bench CPU (LIST polls, LB sweeps)",
+             f"{c['load_lag_p50_s']} / {c['load_lag_p99_s']} / {c['load_lag_max_s']} s, "
+             f"{_bench_cpu(c.get('bench_cpu') or {})}", ""),
             (f"{n}: most nodes out in a cluster (maxUnavailable 1)", c["max_nodes_out_any_cluster"],
              _met(c["max_nodes_admin_out_any_cluster"], 1)),
             (f"{n}: rollout time vs alone, p50 / p95 / max",
@@ -454,8 +530,9 @@ def print_table(report: dict[str, Any]) -> None:
             (f"big {b['nodes']} nodes, maxUnavailable {b['max_unavailable']}: rollout / limit",
              f"{b['rollout_seconds']} s / {b['physical_limit_seconds']} s ({b['batches']} batches) "
              f"= {b['overhead']}x", _met(b["overhead"], TARGETS["big_overhead"])),
-            ("big: failed requests, most nodes out",
-             f"{b['requests_failed']} of {b['requests_total']}, {b['max_nodes_admin_out']}", ""),
+            ("big: failed requests (refused by the generator), lag p99, most nodes out",
+             f"{b['requests_failed']} of {b['requests_total']} ({b['requests_refused']}), "
+             f"{b['load_lag_p99_s']} s, {b['max_nodes_admin_out']}", _requests_verdict(b)),
         ]  # fmt: skip
     print("| figure | measured | target |")
     print("|---|---|---|")

@@ -132,10 +132,17 @@ class LoadProcess:
                 raise RuntimeError(f"load process crashed: {self._failure()}")
             self.records = self._collect()
         finally:
-            if self._stderr:
-                self._stderr.close()
-            shutil.rmtree(self._dir, ignore_errors=True)
+            self.close()
         return self.records
+
+    def close(self) -> None:
+        """Kill the child if it still runs (its caller failed before stop()); idempotent."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        if self._stderr:
+            self._stderr.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
 
     def __enter__(self) -> LoadProcess:
         return self.start()
