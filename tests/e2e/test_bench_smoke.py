@@ -31,7 +31,6 @@ from bench.profiles import (
 )
 from bench.runs import run_operator
 from bench.scale import parse_args, run_big, run_concurrent
-from tests.conftest import Kube
 from wso2_sandbox.fleet import Fleet
 
 pytestmark = pytest.mark.e2e
@@ -61,16 +60,6 @@ def smoke_fleet() -> Iterator[Fleet]:
 def bad_fleet() -> Iterator[Fleet]:
     with Fleet(BAD_SMOKE.fleet_config()) as fleet:
         yield fleet
-
-
-@pytest.fixture
-def bench_kube(kube: Kube) -> Iterator[BenchKube]:
-    # `kube` (tests/conftest.py) is the session control plane with the CRD installed.
-    k = BenchKube(kube.kubeconfig)
-    try:
-        yield k
-    finally:
-        k.close()
 
 
 @pytest.mark.timeout(180)

@@ -23,12 +23,17 @@ pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture
-def bench_kube(kube: Kube) -> Iterator[BenchKube]:
-    k = BenchKube(kube.kubeconfig)
-    try:
-        yield k
-    finally:
-        k.close()
+def ns(kube: Kube) -> str:
+    """A fresh namespace with one cluster, c1, without status."""
+    name = kube.new_namespace("watch")
+    kube.apply(cluster("c1"), namespace=name)
+    return name
+
+
+@pytest.fixture
+def watch(bench_kube: BenchKube, ns: str) -> Iterator[ReadyWatch]:
+    with ReadyWatch(bench_kube, ns) as w:
+        yield w
 
 
 def status(generation: int, versions: list[str]) -> dict[str, Any]:
@@ -55,40 +60,30 @@ def generation(kube: Kube, ns: str) -> int:
 
 
 def test_ready_time_is_when_every_node_ran_the_version_for_the_current_generation(
-    kube: Kube, bench_kube: BenchKube
+    kube: Kube, ns: str, watch: ReadyWatch
 ) -> None:
-    ns = kube.new_namespace("watch")
-    kube.apply(cluster("c1"), namespace=ns)
-    with ReadyWatch(bench_kube, ns) as watch:
-        assert set(watch.clusters()) == {"c1"}  # from the first LIST
-        t0 = time.time()
-        write_status(kube, ns, status(generation(kube, ns), ["1.0.0", "2.0.0", "2.0.0"]))
-        mixed_written = time.time()  # Ready, but not every node at 2.0.0: not done yet
-        write_status(kube, ns, status(generation(kube, ns), ["2.0.0"] * 3))
-        done = watch.wait_done(["c1"], "2.0.0", 60, t0)
-        assert watch.first_done[("c1", "2.0.0")] >= mixed_written, (done, mixed_written)
-        assert ("c1", "1.0.0") not in watch.first_done
+    assert set(watch.clusters()) == {"c1"}  # from the first LIST
+    t0 = time.time()
+    write_status(kube, ns, status(generation(kube, ns), ["1.0.0", "2.0.0", "2.0.0"]))
+    mixed_written = time.time()  # Ready, but not every node at 2.0.0: not done yet
+    write_status(kube, ns, status(generation(kube, ns), ["2.0.0"] * 3))
+    done = watch.wait_done(["c1"], "2.0.0", 60, t0)
+    assert watch.first_done[("c1", "2.0.0")] >= mixed_written, (done, mixed_written)
+    assert ("c1", "1.0.0") not in watch.first_done
 
-        # A new generation: the old observedGeneration does not count, even at the version.
-        kube.run(
-            "patch", "w2c", "c1", "-n", ns, "--type=merge", "-p", '{"spec":{"version":"3.0.0"}}'
-        )
-        new = generation(kube, ns)
-        write_status(kube, ns, status(new - 1, ["3.0.0"] * 3))
-        stale_written = time.time()
-        write_status(kube, ns, status(new, ["3.0.0"] * 3))
-        watch.wait_done(["c1"], "3.0.0", 60, t0)
-        assert watch.first_done[("c1", "3.0.0")] >= stale_written
-        own = watch.own_requests()
-        assert watch.events >= 5 and own["LIST"] == 1 and own["WATCH"] >= 1, own
+    # A new generation: the old observedGeneration does not count, even at the version.
+    kube.run("patch", "w2c", "c1", "-n", ns, "--type=merge", "-p", '{"spec":{"version":"3.0.0"}}')
+    new = generation(kube, ns)
+    write_status(kube, ns, status(new - 1, ["3.0.0"] * 3))
+    stale_written = time.time()
+    write_status(kube, ns, status(new, ["3.0.0"] * 3))
+    watch.wait_done(["c1"], "3.0.0", 60, t0)
+    assert watch.first_done[("c1", "3.0.0")] >= stale_written
+    own = watch.own_requests()
+    assert watch.events >= 5 and own["LIST"] == 1 and own["WATCH"] >= 1, own
 
 
-def test_a_cluster_never_ready_times_out_or_comes_back_partial(
-    kube: Kube, bench_kube: BenchKube
-) -> None:
-    ns = kube.new_namespace("watch")
-    kube.apply(cluster("c1"), namespace=ns)
-    with ReadyWatch(bench_kube, ns) as watch:
-        assert watch.wait_done(["c1"], "9.9.9", 0.2, time.time(), partial=True) == {}
-        with pytest.raises(TimeoutError, match=r"not Ready at 9\.9\.9.*c1"):
-            watch.wait_done(["c1"], "9.9.9", 0.2, time.time())
+def test_a_cluster_never_ready_times_out_or_comes_back_partial(watch: ReadyWatch) -> None:
+    assert watch.wait_done(["c1"], "9.9.9", 0.2, time.time(), partial=True) == {}
+    with pytest.raises(TimeoutError, match=r"not Ready at 9\.9\.9.*c1"):
+        watch.wait_done(["c1"], "9.9.9", 0.2, time.time())
