@@ -106,9 +106,12 @@ class LoadProcess:
         ready, _, _ = select.select([self._proc.stdout], [], [], START_TIMEOUT)
         line = self._proc.stdout.readline().strip() if ready else ""
         if line != READY:
+            late = self._proc.poll() is None
             self._proc.kill()
             self._proc.wait()
-            raise RuntimeError(f"load process did not start: {self._failure()}")
+            why = f"not ready within {START_TIMEOUT:.0f}s" if late else self._failure()
+            self.close()
+            raise RuntimeError(f"load process did not start: {why}")
         return self
 
     def set_vip(self, name: str) -> None:
@@ -124,8 +127,7 @@ class LoadProcess:
         try:
             proc.wait(bound)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            self.close()
             raise TimeoutError(f"load process did not finish within {bound:.0f}s") from None
         try:
             if proc.returncode != 0:
@@ -137,9 +139,13 @@ class LoadProcess:
 
     def close(self) -> None:
         """Kill the child if it still runs (its caller failed before stop()); idempotent."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait()
+        if self._proc is not None:
+            if self._proc.poll() is None:
+                self._proc.kill()
+                self._proc.wait()
+            for pipe in (self._proc.stdin, self._proc.stdout):
+                if pipe:
+                    pipe.close()
         if self._stderr:
             self._stderr.close()
         shutil.rmtree(self._dir, ignore_errors=True)
