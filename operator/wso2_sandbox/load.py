@@ -7,7 +7,8 @@ Used by the benchmark (`python -m bench.run`), the bench smoke test and the demo
         ...                              # load.counters.snapshot() any time, e.g. for a UI
     records = load.records               # one RequestRecord per request, complete after exit
 
-or from async code: `records = await gen.run()` (returns after `gen.stop()` or max_seconds).
+or from async code: `records = await gen.run()` (returns after `gen.stop()` or max_seconds), or in
+its own OS process with `wso2_sandbox.load_process.LoadProcess` when the caller's process is busy.
 
 Traffic shape. Requests are issued at a constant rate on a fixed schedule (request i is due at
 t0 + i/rate), whether or not earlier ones finished: a closed loop would slow down exactly when the
