@@ -8,14 +8,17 @@ node, real HAProxy 2.6 with one backend per cluster) and one local control plane
 
 - concurrent: C clusters x N nodes (maxUnavailable 1) in one namespace, one operator process
   (`python -m wso2_operator --standalone -n NS`). The first `--loaded` clusters get
-  `--rate` req/s each through both LBs for the whole part. First a sample of clusters is rolled
+  `--rate` req/s each through both LBs for the whole part, from a load generator in its own
+  process (wso2_sandbox.load_process). First a sample of clusters is rolled
   one at a time (1.0.0 -> 2.0.0: each cluster's time alone on this fleet), then all C at once
-  (-> 3.0.0). Per cluster: time to Ready at the new version (the first LIST poll, every 0.25 s,
-  that shows it), that time as a ratio to the same cluster alone (or, for a cluster outside
-  the sample, to the median of the sampled clusters of its kind, loaded or not), the most nodes
-  out of rotation in any LB sweep (every 0.2 s, `show stat` of every backend), failed requests.
+  (-> 3.0.0). Per cluster: time to Ready at the new version (when a watch on the namespace,
+  bench.scale_watch, first delivered that status), that time as a ratio to the same cluster
+  alone (or, for a cluster outside the sample, to the median of the sampled clusters of its
+  kind, loaded or not), the most nodes out of rotation in any LB sweep (every 0.2 s,
+  `show stat` of every backend), failed requests, apart from them the requests the generator
+  refused to send, and its lag against its schedule; the bench's own CPU.
   For the operator: peak RSS (VmHWM), CPU seconds, apiserver requests per rollout by verb (from
-  apiserver_request_total, the bench's own LISTs and PATCHes taken off), the most TCP
+  apiserver_request_total, the bench's own LISTs, WATCHes and PATCHes taken off), the most TCP
   connections it held to any one host (`ss`, every 2 s).
 - idle: the same C clusters, all Ready, for `--idle-seconds`: operator CPU as a share of one
   core, apiserver requests per minute, SSH commands per minute per node (the operator's
@@ -31,7 +34,6 @@ Writes bench/results/scale.json and prints a table with the targets.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import json
 import os
@@ -46,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.analysis import analyze
-from bench.kube import GROUP, PLURAL, VERSION, Kube, OperatorProcess, cluster_done
+from bench.kube import GROUP, PLURAL, VERSION, Kube, OperatorProcess
 from bench.paths import RESULTS_DIR
 from bench.report import machine_info
 from bench.runs import _free_port
@@ -57,13 +59,15 @@ from bench.scale_measure import (
     apiserver_requests,
     counter_delta,
     cpu_seconds,
+    own_cpu_seconds,
 )
+from bench.scale_watch import ReadyWatch
 from wso2_sandbox.fleet_scale import LB_MODES, ClusterSlice, ScaleFleet, ScaleFleetConfig
-from wso2_sandbox.load import LoadConfig, LoadGenerator, LoadThread, Target, summarize
+from wso2_sandbox.load import REFUSED, LoadConfig, Target, client_figures, summarize
+from wso2_sandbox.load_process import LoadProcess
 from wso2_sandbox.manifest import fleet_manifests
 
 V1, V2, V3 = "1.0.0", "2.0.0", "3.0.0"
-LIST_POLL = 0.25
 TARGETS = {
     "ratio_p95": 1.2,
     "peak_rss_mib": 250,
@@ -74,13 +78,23 @@ TARGETS = {
 
 
 class ScaleKube:
-    """The bench's API calls, counted, so they can be taken off the apiserver's own counters."""
+    """The bench's API calls, counted, so they can be taken off the apiserver's own counters.
+
+    Ready times come from a watch (bench.scale_watch), started by `start()`."""
 
     def __init__(self, kube: Kube, namespace: str) -> None:
         self.kube = kube
         self.ns = namespace
         self.lists = 0
         self.patches = 0
+        self.ready = ReadyWatch(kube, namespace)
+
+    def start(self) -> ScaleKube:
+        self.ready.__enter__()
+        return self
+
+    def stop(self) -> None:
+        self.ready.__exit__()
 
     def clusters(self) -> dict[str, dict[str, Any]]:
         self.lists += 1
@@ -94,27 +108,25 @@ class ScaleKube:
     def wait_done(
         self, names: list[str], version: str, timeout: float, t0: float, partial: bool = False
     ) -> dict[str, float]:
-        """Seconds from t0 until each cluster was first seen Ready at `version`.
+        return self.ready.wait_done(names, version, timeout, t0, partial)
 
-        At the deadline: raises, or with `partial` returns the clusters that made it."""
-        done: dict[str, float] = {}
-        deadline = time.monotonic() + timeout
-        while len(done) < len(names):
-            if time.monotonic() > deadline:
-                if partial:
-                    return done
-                missing = sorted(set(names) - set(done))
-                raise TimeoutError(f"not Ready at {version} after {timeout:.0f}s: {missing}")
-            with contextlib.suppress(Exception):  # a transient API error: poll again
-                now = time.time()
-                for name, obj in self.clusters().items():
-                    if name in names and name not in done and cluster_done(obj, version):
-                        done[name] = round(now - t0, 3)
-            time.sleep(LIST_POLL)
-        return done
+    def own_requests(self) -> Counter[str]:
+        own = Counter(self.ready.own_requests())
+        own.update({"LIST": self.lists, "PATCH": self.patches})
+        return own
 
     def metrics(self) -> Any:
         return apiserver_requests(self.kube.kubectl("get", "--raw", "/metrics"))
+
+    def requests_since(self, before: Counter[str], own_before: Counter[str]) -> dict[str, int]:
+        """The apiserver's requests by verb since `before`, the bench's own taken off."""
+        requests = counter_delta(self.metrics(), before)
+        own = self.own_requests()
+        own.subtract(own_before)
+        for verb, n in own.items():
+            if n:
+                requests[verb] = requests.get(verb, 0) - n
+        return requests
 
 
 def _fleet_config(
@@ -142,11 +154,14 @@ def _apply_clusters(
     kube.apply(docs, ns)
 
 
-def _load_for(clusters: list[ClusterSlice], rate: float, seconds: float) -> LoadThread:
-    """`rate` req/s per cluster through both of its LBs; target names are `<cluster>@<lb>`."""
+def _load_for(clusters: list[ClusterSlice], rate: float, seconds: float) -> LoadProcess:
+    """`rate` req/s per cluster through both of its LBs; target names are `<cluster>@<lb>`.
+
+    In its own process: in a thread of this one it shared the GIL with the LB sweeps and the
+    cluster polls and, at 50 clusters, fell behind its schedule until it refused requests."""
     targets = [Target(f"{c.name}@{lb.name}", lb.url()) for c in clusters for lb in c.lbs]
     cfg = LoadConfig(rate=rate * len(clusters), long_ms=(2000, 5000), max_seconds=seconds)
-    return LoadThread(LoadGenerator(targets, cfg))
+    return LoadProcess(targets, cfg)
 
 
 def _start_operator(kube: Kube, ns: str, log_dir: Path) -> OperatorProcess:
@@ -181,11 +196,13 @@ def run_concurrent(kube: Kube, a: argparse.Namespace, log_dir: Path) -> dict[str
         loaded_names = {c.name for c in loaded}
         _apply_clusters(kube, ns, fleet.clusters)
         op = _start_operator(kube, ns, log_dir)
+        load = _load_for(loaded, a.rate, 3 * a.timeout + a.idle_seconds)
         try:
+            sk.start()
             t = time.time()
             sk.wait_done(names, V1, a.timeout, t)
             out["initial_ready_seconds"] = round(time.time() - t, 2)
-            load = _load_for(loaded, a.rate, 3 * a.timeout + a.idle_seconds)
+            own = _OwnCpu(sk)
             with ScaleSampler(fleet) as sampler:
                 load.start()
                 time.sleep(a.warmup)
@@ -204,7 +221,7 @@ def run_concurrent(kube: Kube, a: argparse.Namespace, log_dir: Path) -> dict[str
                 sampler.reset()
                 # All at once.
                 before, cpu0, rss_before = sk.metrics(), cpu_seconds(op.proc.pid), op.peak_rss_kib()
-                own0 = (sk.lists, sk.patches)
+                own0 = sk.own_requests()
                 ports = {h.ssh_port for h in [*fleet.nodes, *fleet.lb_hosts]}
                 with ConnectionSampler(op.proc.pid, ports) as conns:
                     t0 = time.time()
@@ -212,15 +229,16 @@ def run_concurrent(kube: Kube, a: argparse.Namespace, log_dir: Path) -> dict[str
                     for name in names:
                         sk.patch(name, V3)
                     together = sk.wait_done(names, V3, a.timeout, t0, partial=True)
+                bench_cpu = own.figures(sampler.cpu_seconds)
                 stuck = {n: _reason(o) for n, o in sk.clusters().items() if n not in together}
                 cpu1 = cpu_seconds(op.proc.pid)
-                requests = counter_delta(sk.metrics(), before)
-                requests["LIST"] = requests.get("LIST", 0) - (sk.lists - own0[0])
-                requests["PATCH"] = requests.get("PATCH", 0) - (sk.patches - own0[1])
+                requests = sk.requests_since(before, own0)
                 time.sleep(a.tail)
                 records = load.stop()
+            bench_cpu["load_process_seconds"] = load.child_cpu_seconds  # its whole life
             out.update(
                 _concurrent_figures(fleet, names, loaded_names, alone, together, sampler, records),
+                bench_cpu=bench_cpu,
                 alone_max_nodes_out=alone_out,
                 not_ready=stuck,
                 load=_load_figures(records, t_together),
@@ -241,6 +259,8 @@ def run_concurrent(kube: Kube, a: argparse.Namespace, log_dir: Path) -> dict[str
             elif stuck:
                 out["error"] = f"not Ready at {V3} within {a.timeout:.0f}s: {stuck}"
         finally:
+            sk.stop()
+            load.close()
             op.stop()
     out["fleet_stop_seconds"] = round(fleet.stop_seconds or 0, 2)
     return out
@@ -264,6 +284,7 @@ def _concurrent_figures(
     per: dict[str, dict[str, Any]] = {}
     for name in names:
         recs = [r for r in records if r.lb.split("@")[0] == name]
+        refused = sum(1 for r in recs if r.error == REFUSED)
         rot = sampler.rotation[name]
         took = together.get(name)
         per[name] = {
@@ -275,6 +296,7 @@ def _concurrent_figures(
             "loaded": name in loaded,
             "requests": len(recs),
             "failed": sum(1 for r in recs if not r.ok),
+            "refused": refused,
         }
     ratios = [p["ratio"] for p in per.values() if p["ratio"] is not None]
     return {
@@ -284,8 +306,7 @@ def _concurrent_figures(
         "ratio_p95": _percentile(ratios, 0.95),
         "ratio_max": max(ratios, default=None),
         "ratio_of_sampled": {n: per[n]["ratio"] for n in alone},
-        "requests_total": len(records),
-        "requests_failed": sum(1 for r in records if not r.ok),
+        **_request_figures(records),
         "max_nodes_out_any_cluster": max(p["max_nodes_out"] for p in per.values()),
         "max_nodes_admin_out_any_cluster": max(p["max_nodes_admin_out"] for p in per.values()),
         "sampler_sweeps": sampler.sweeps,
@@ -295,6 +316,46 @@ def _concurrent_figures(
     }
 
 
+def _request_figures(records: list[Any]) -> dict[str, Any]:
+    """Failed requests, and of them the ones the generator refused to send (they never reached
+    a LB: the client machine's limit, not the product's), and how late it sent the others."""
+    client = client_figures(records)
+    return {
+        "requests_total": len(records),
+        "requests_failed": sum(1 for r in records if not r.ok),
+        "requests_refused": client["refused"],
+        "requests_failed_sent": client["failed_sent"],
+        "load_lag_p50_s": client["lag_p50_s"],
+        "load_lag_p99_s": client["lag_p99_s"],
+        "load_lag_max_s": client["lag_max_s"],
+    }
+
+
+class _OwnCpu:
+    """The bench process's own CPU from its creation on, and what its cluster watch and LB
+    sweeps took of it: if the bench starves the machine, its figures are the bench's."""
+
+    def __init__(self, sk: ScaleKube) -> None:
+        self.sk = sk
+        self.t0, self.cpu0 = time.monotonic(), own_cpu_seconds()
+        self.watch0, self.events0 = sk.ready.cpu_seconds, sk.ready.events
+
+    def figures(self, sweeps_cpu: float) -> dict[str, Any]:
+        wall, cpu = time.monotonic() - self.t0, own_cpu_seconds() - self.cpu0
+        events = self.sk.ready.events - self.events0
+        return {
+            "wall_seconds": round(wall, 1),
+            "process_seconds": round(cpu, 2),
+            "process_percent_of_core": round(100 * cpu / wall, 1),
+            "cluster_watch_seconds": round(self.sk.ready.cpu_seconds - self.watch0, 2),
+            "cluster_watch_events": events,
+            # What one LIST of the namespace weighs: the 0.25 s poll the watch replaced sent
+            # this four times a second; the watch sent `cluster_watch_events` objects in all.
+            "list_bytes": len(json.dumps(self.sk.ready.clusters())),
+            "lb_sweeps_seconds": round(sweeps_cpu, 2),
+        }
+
+
 def _load_figures(records: list[Any], t_together: float) -> dict[str, Any]:
     """Failures by cause, and when: while clusters were rolled alone, or all at once."""
     failed = [r for r in records if not r.ok]
@@ -302,6 +363,9 @@ def _load_figures(records: list[Any], t_together: float) -> dict[str, Any]:
         **summarize(records),
         "failed_before_concurrent": sum(1 for r in failed if r.start < t_together),
         "failed_from_concurrent": sum(1 for r in failed if r.start >= t_together),
+        "lag_p99_from_concurrent_s": client_figures(r for r in records if r.start >= t_together)[
+            "lag_p99_s"
+        ],
         "failed_by_node": dict(Counter(r.node or "-" for r in failed).most_common(20)),
     }
 
@@ -318,11 +382,12 @@ def _idle(sk: ScaleKube, op: OperatorProcess, nodes: int, seconds: float) -> dic
     assert op.proc is not None
     time.sleep(5)  # the last status writes of the rollout settle
     before, cpu0, ssh0 = sk.metrics(), cpu_seconds(op.proc.pid), _ssh_commands(op)
+    own0 = sk.own_requests()
     t0 = time.monotonic()
     time.sleep(seconds)
     wall = time.monotonic() - t0
     cpu = cpu_seconds(op.proc.pid) - cpu0
-    requests = counter_delta(sk.metrics(), before)
+    requests = sk.requests_since(before, own0)
     minutes = wall / 60
     return {
         "seconds": round(wall, 1),
@@ -344,9 +409,10 @@ def run_big(kube: Kube, a: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
         update = {"maxUnavailable": a.big_max_unavailable}
         _apply_clusters(kube, ns, [cluster], update)
         op = _start_operator(kube, ns, log_dir)
+        load = _load_for([cluster], a.rate, 2 * a.timeout)
         try:
+            sk.start()
             sk.wait_done([cluster.name], V1, a.timeout, time.time())
-            load = _load_for([cluster], a.rate, 2 * a.timeout)
             with LBSampler(cluster.lbs) as sampler:
                 load.start()
                 time.sleep(a.warmup)
@@ -358,6 +424,8 @@ def run_big(kube: Kube, a: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
                 records = load.stop()
             out["operator_peak_rss_mib"] = round((op.peak_rss_kib() or 0) / 1024, 1)
         finally:
+            sk.stop()
+            load.close()
             op.stop()
         result = analyze(
             t0=t0,
@@ -377,8 +445,7 @@ def run_big(kube: Kube, a: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
         overhead=round(result["rollout_seconds"] / sum(per_batch), 3)
         if result["rollout_seconds"] and per_batch
         else None,
-        requests_total=len(records),
-        requests_failed=sum(1 for r in records if not r.ok),
+        **_request_figures(records),
         node_seconds_median=statistics.median(
             n["physical"]["total"] for n in result["nodes"] if "physical" in n
         ),
@@ -407,6 +474,25 @@ def _met(value: float | None, target: float, below: bool = True) -> str:
     return "met" if (value <= target if below else value >= target) else "**missed**"
 
 
+def _requests_verdict(part: dict[str, Any]) -> str:
+    """0 failed is shown only if the generator sent every request: a refused one never reached
+    a LB, so it proves nothing either way about the product."""
+    if part["requests_failed_sent"]:
+        return "**missed**"
+    if part["requests_refused"]:
+        return "not shown: the generator refused requests (client overloaded)"
+    return "met"
+
+
+def _bench_cpu(cpu: dict[str, Any]) -> str:
+    if not cpu:
+        return "n/a"
+    return (
+        f"{cpu['process_percent_of_core']} % of a core ({cpu['cluster_watch_seconds']} s, "
+        f"{cpu['lb_sweeps_seconds']} s), load process {cpu.get('load_process_seconds')} s"
+    )
+
+
 def print_table(report: dict[str, Any]) -> None:
     for part in ("concurrent", "big"):
         if err := (report.get(part) or {}).get("error"):
@@ -422,8 +508,12 @@ def print_table(report: dict[str, Any]) -> None:
             (f"{n}: fleet start / stop",
              f"{c['fleet_start_seconds']} s / {c['fleet_stop_seconds']} s", ""),
             (f"{n}: every cluster Ready at the new version", c["all_ready_at_new_version"], ""),
-            (f"{n}: failed requests", f"{c['requests_failed']} of {c['requests_total']}",
-             "met" if c["requests_failed"] == 0 else "**missed**"),
+            (f"{n}: failed requests (of them refused by the generator)",
+             f"{c['requests_failed']} of {c['requests_total']} ({c['requests_refused']})",
+             _requests_verdict(c)),
+            (f"{n}: generator lag p50 / p99 / max, bench CPU (cluster watch, LB sweeps)",
+             f"{c['load_lag_p50_s']} / {c['load_lag_p99_s']} / {c['load_lag_max_s']} s, "
+             f"{_bench_cpu(c.get('bench_cpu') or {})}", ""),
             (f"{n}: most nodes out in a cluster (maxUnavailable 1)", c["max_nodes_out_any_cluster"],
              _met(c["max_nodes_admin_out_any_cluster"], 1)),
             (f"{n}: rollout time vs alone, p50 / p95 / max",
@@ -454,8 +544,9 @@ def print_table(report: dict[str, Any]) -> None:
             (f"big {b['nodes']} nodes, maxUnavailable {b['max_unavailable']}: rollout / limit",
              f"{b['rollout_seconds']} s / {b['physical_limit_seconds']} s ({b['batches']} batches) "
              f"= {b['overhead']}x", _met(b["overhead"], TARGETS["big_overhead"])),
-            ("big: failed requests, most nodes out",
-             f"{b['requests_failed']} of {b['requests_total']}, {b['max_nodes_admin_out']}", ""),
+            ("big: failed requests (refused by the generator), lag p99, most nodes out",
+             f"{b['requests_failed']} of {b['requests_total']} ({b['requests_refused']}), "
+             f"{b['load_lag_p99_s']} s, {b['max_nodes_admin_out']}", _requests_verdict(b)),
         ]  # fmt: skip
     print("| figure | measured | target |")
     print("|---|---|---|")

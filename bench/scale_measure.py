@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import subprocess
 import threading
 import time
@@ -41,6 +42,12 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    """utime + stime of this process, every thread of it (the bench's own cost)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def connections_by_peer(pid: int, ports: Iterable[int]) -> Counter[str]:
@@ -85,6 +92,7 @@ class ScaleSampler:
     rotation: dict[str, ClusterRotation] = field(default_factory=dict)
     errors: int = 0
     sweeps: int = 0
+    cpu_seconds: float = 0.0  # the sweeps' own CPU (this thread's), to see what the bench costs
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
@@ -128,6 +136,7 @@ class ScaleSampler:
         next_t = time.monotonic()
         while not self._stop.is_set():
             self._sweep()
+            self.cpu_seconds = time.thread_time()
             next_t += self.interval
             self._stop.wait(max(0.0, next_t - time.monotonic()))
 

@@ -16,11 +16,14 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from wso2_sandbox.controlplane import ControlPlane, wait_established
+
+if TYPE_CHECKING:
+    from bench.kube import Kube as BenchKube
 
 REPO = Path(__file__).resolve().parents[1]
 KUBECTL = str(Path(sys.executable).parent / "kubectl")
@@ -111,3 +114,15 @@ def kube(control_plane: ControlPlane) -> Kube:
 @pytest.fixture
 def namespace(kube: Kube) -> str:
     return kube.new_namespace()
+
+
+@pytest.fixture
+def bench_kube(kube: Kube) -> Iterator[BenchKube]:
+    """The bench's API client (bench.kube) on the session control plane."""
+    from bench.kube import Kube as BenchKube  # the kubernetes client only for tests that use it
+
+    k = BenchKube(kube.kubeconfig)
+    try:
+        yield k
+    finally:
+        k.close()

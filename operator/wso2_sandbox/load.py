@@ -7,7 +7,8 @@ Used by the benchmark (`python -m bench.run`), the bench smoke test and the demo
         ...                              # load.counters.snapshot() any time, e.g. for a UI
     records = load.records               # one RequestRecord per request, complete after exit
 
-or from async code: `records = await gen.run()` (returns after `gen.stop()` or max_seconds).
+or from async code: `records = await gen.run()` (returns after `gen.stop()` or max_seconds), or in
+its own OS process with `wso2_sandbox.load_process.LoadProcess` when the caller's process is busy.
 
 Traffic shape. Requests are issued at a constant rate on a fixed schedule (request i is due at
 t0 + i/rate), whether or not earlier ones finished: a closed loop would slow down exactly when the
@@ -55,6 +56,8 @@ LONG = "long"
 # HAProxy 2.x sends header names lower-cased; aiohttp's header lookup is case-insensitive anyway.
 NODE_HEADER = "X-Node"
 VERSION_HEADER = "X-Version"
+# The error of a request the generator refused to send (its in-flight bound): never reached a LB.
+REFUSED = "client-overload"
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,9 @@ class RequestRecord:
     # X-Version of the response: the build that answered (errors of a bad build carry it too;
     # HAProxy's own 502/503 and broken connections do not).
     version: str | None = None
+    # How late the request went out against its slot on the schedule (seconds): the generator's
+    # own delay, so a busy client can be told from a slow system.
+    lag: float | None = None
 
     @property
     def duration(self) -> float:
@@ -173,6 +179,7 @@ class LoadGenerator:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_requested = False
         self.issuing_ended_at: float | None = None
+        self.issued = 0  # requests scheduled; each one gets exactly one record
 
     # ------------------------------------------------------------------ control
     def set_vip(self, name: str) -> None:
@@ -227,10 +234,11 @@ class LoadGenerator:
                     if self._stop.is_set():
                         break
                 # Open loop: a request that is overdue (the loop was busy) goes out at once.
-                task = asyncio.create_task(self._one(session, seq))
+                task = asyncio.create_task(self._one(session, seq, due))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
                 seq += 1
+                self.issued = seq
             self.issuing_ended_at = time.time()
             if tasks:
                 # Bounded: every request has its own total timeout.
@@ -246,7 +254,9 @@ class LoadGenerator:
             return target, LONG, self._rng.randint(*cfg.long_ms)
         return target, SHORT, None
 
-    async def _one(self, session: aiohttp.ClientSession, seq: int) -> None:
+    async def _one(self, session: aiohttp.ClientSession, seq: int, due: float) -> None:
+        assert self._loop is not None
+        lag = self._loop.time() - due
         target, kind, ms = self._pick(seq)
         path = f"/slow?ms={ms}" if kind == LONG else self.config.short_path
         c = self.counters
@@ -260,7 +270,7 @@ class LoadGenerator:
         version: str | None = None
         entered = c.in_flight < self.config.max_in_flight
         if not entered:
-            error = "client-overload"
+            error = REFUSED
         try:
             if entered:
                 c.in_flight += 1
@@ -291,6 +301,7 @@ class LoadGenerator:
                     node=node,
                     slow_ms=ms,
                     version=version,
+                    lag=round(lag, 4),
                 )
             )
 
@@ -369,12 +380,6 @@ def summarize(records: Iterable[RequestRecord]) -> dict[str, Any]:
     recs = list(records)
     failed = [r for r in recs if not r.ok]
     ok_durations = sorted(r.duration for r in recs if r.ok and r.kind == SHORT)
-
-    def pct(p: float) -> float | None:
-        if not ok_durations:
-            return None
-        return round(ok_durations[min(len(ok_durations) - 1, int(p * len(ok_durations)))], 4)
-
     return {
         "total": len(recs),
         "ok": len(recs) - len(failed),
@@ -386,9 +391,31 @@ def summarize(records: Iterable[RequestRecord]) -> dict[str, Any]:
         ),
         "by_node": dict(Counter(r.node for r in recs if r.ok and r.node)),
         "by_version": by_version(recs),
-        "short_p50_s": pct(0.50),
-        "short_p99_s": pct(0.99),
+        "short_p50_s": _pct(ok_durations, 0.50),
+        "short_p99_s": _pct(ok_durations, 0.99),
     }
+
+
+def client_figures(records: Iterable[RequestRecord]) -> dict[str, Any]:
+    """What the generator itself did, to tell the client machine from the system under test:
+    requests it refused to send (its in-flight bound), failed requests it did send, and how late
+    it sent them against its schedule (p50 / p99 / max, seconds)."""
+    recs = list(records)
+    lags = sorted(r.lag for r in recs if r.lag is not None)
+    refused = sum(1 for r in recs if r.error == REFUSED)
+    return {
+        "refused": refused,
+        "failed_sent": sum(1 for r in recs if not r.ok) - refused,
+        "lag_p50_s": _pct(lags, 0.50),
+        "lag_p99_s": _pct(lags, 0.99),
+        "lag_max_s": round(lags[-1], 4) if lags else None,
+    }
+
+
+def _pct(ordered: Sequence[float], p: float) -> float | None:
+    if not ordered:
+        return None
+    return round(ordered[min(len(ordered) - 1, int(p * len(ordered)))], 4)
 
 
 def by_version(records: Iterable[RequestRecord]) -> dict[str, dict[str, Any]]:

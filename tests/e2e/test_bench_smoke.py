@@ -31,7 +31,6 @@ from bench.profiles import (
 )
 from bench.runs import run_operator
 from bench.scale import parse_args, run_big, run_concurrent
-from tests.conftest import Kube
 from wso2_sandbox.fleet import Fleet
 
 pytestmark = pytest.mark.e2e
@@ -61,16 +60,6 @@ def smoke_fleet() -> Iterator[Fleet]:
 def bad_fleet() -> Iterator[Fleet]:
     with Fleet(BAD_SMOKE.fleet_config()) as fleet:
         yield fleet
-
-
-@pytest.fixture
-def bench_kube(kube: Kube) -> Iterator[BenchKube]:
-    # `kube` (tests/conftest.py) is the session control plane with the CRD installed.
-    k = BenchKube(kube.kubeconfig)
-    try:
-        yield k
-    finally:
-        k.close()
 
 
 @pytest.mark.timeout(180)
@@ -137,7 +126,8 @@ def test_bad_release_analysis_run_reports_the_catch(
 def test_scale_bench_at_a_tiny_size(bench_kube: BenchKube, tmp_path: Path) -> None:
     # The scale bench's own code at 3 clusters x 2 nodes (one behind load, one rolled alone
     # first) and a 4-node cluster at maxUnavailable 50 %: correctness and that every figure is
-    # there; the figures themselves are the bench's business.
+    # there; the figures themselves are the bench's business. The load runs in its own process
+    # (wso2_sandbox.load_process), whose records must all come back.
     a = parse_args(
         ["--clusters", "3", "--nodes", "2", "--loaded", "1", "--alone", "1", "--rate", "20",
          "--idle-seconds", "3", "--big-nodes", "4", "--big-max-unavailable", "50%",
@@ -148,6 +138,15 @@ def test_scale_bench_at_a_tiny_size(bench_kube: BenchKube, tmp_path: Path) -> No
     detail = f"see {tmp_path} (operator.log); {c}"
     assert c["all_ready_at_new_version"] and "error" not in c, detail
     assert c["requests_total"] > 0 and c["requests_failed"] == 0, detail
+    # The load ran in its own process and every request came back: the loaded cluster's, and
+    # none refused by the generator; its lag and the bench's own CPU are measured.
+    assert c["requests_refused"] == 0 and c["requests_failed_sent"] == 0, detail
+    assert c["per_cluster"]["c1"]["requests"] == c["requests_total"] == c["load"]["total"], detail
+    assert c["load_lag_p50_s"] is not None and c["load_lag_p99_s"] >= c["load_lag_p50_s"], detail
+    cpu = c["bench_cpu"]
+    assert cpu["load_process_seconds"] > 0 and cpu["cluster_watch_events"] > 0, detail
+    assert cpu["list_bytes"] > 0, detail
+    assert cpu["lb_sweeps_seconds"] > 0 and cpu["process_seconds"] >= cpu["lb_sweeps_seconds"]
     assert c["sampler_sweeps"] > 0 and c["max_nodes_admin_out_any_cluster"] == 1, detail
     assert set(c["alone_seconds"]) == {"c1"} and set(c["per_cluster"]) == {"c1", "c2", "c3"}
     assert c["apiserver_requests_by_verb"].get("PATCH", 0) > 0, detail  # the operator's status
@@ -157,6 +156,7 @@ def test_scale_bench_at_a_tiny_size(bench_kube: BenchKube, tmp_path: Path) -> No
     b = run_big(bench_kube, a, tmp_path / "big")
     detail = f"see {tmp_path / 'big'} (operator.log); {b}"
     assert b["requests_failed"] == 0 and b["requests_total"] > 0, detail
+    assert b["requests_refused"] == 0 and b["load_lag_p99_s"] is not None, detail
     assert 1 <= b["max_nodes_admin_out"] <= 2, detail
     assert b["batches"] == 2 and b["physical_limit_seconds"] > 0, detail
     assert b["rollout_seconds"] is not None and b["overhead"] is not None, detail
