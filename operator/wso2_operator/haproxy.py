@@ -34,6 +34,7 @@ from .haproxy_parse import (
     raise_for_error,
 )
 from .haproxy_transport import SshUnixTransport, TcpTransport, Transport, UnixSocketTransport
+from .shared_read import SharedRead
 from .ssh import SSHExecutor
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class LBClient:
         self.transport = transport
         # The `Pid:` of the worker that answered the last read: counters restart with a new one.
         self.worker_id = ""
+        self._server_reads: dict[str, SharedRead[dict[str, ServerStat]]] = {}
 
     def __repr__(self) -> str:
         return f"<LBClient {self.name} via {self.transport!r}>"
@@ -158,7 +160,18 @@ class LBClient:
         return parse_servers_state(reply, backend=backend, lb=self.name)
 
     async def servers(self, backend: str) -> dict[str, ServerStat]:
-        """``show stat`` merged with ``show servers state`` (real admin flags and op state)."""
+        """``show stat`` merged with ``show servers state`` (real admin flags and op state).
+
+        Concurrent callers share one read that started after they asked (see shared_read.py):
+        the node tasks of a big cluster poll the same backend at once.
+        """
+        _check_name("backend", backend)
+        shared = self._server_reads.get(backend)
+        if shared is None:
+            shared = self._server_reads[backend] = SharedRead(lambda: self._read_servers(backend))
+        return dict(await shared.read())
+
+    async def _read_servers(self, backend: str) -> dict[str, ServerStat]:
         stats = await self.show_stat(backend)
         states = await self.show_servers_state(backend, check_worker=False)
         return {n: merge_state(s, states.get(n)) for n, s in stats.items()}

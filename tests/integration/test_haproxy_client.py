@@ -556,6 +556,47 @@ async def test_tcp_transport(adapter_fleet: Fleet) -> None:
         await client.close()
 
 
+class CountingTransport:
+    """A real transport that records every command line sent through it."""
+
+    def __init__(self, inner: UnixSocketTransport) -> None:
+        self.inner = inner
+        self.lines: list[str] = []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    async def command(self, line: str) -> str:
+        self.lines.append(line)
+        return await self.inner.command(line)
+
+
+async def test_concurrent_server_reads_share_reads_and_see_their_own_writes(
+    adapter_fleet: Fleet,
+) -> None:
+    lb = adapter_fleet.lbs[0]
+    counted = CountingTransport(UnixSocketTransport(lb.socket))
+    client = LBClient("lb1", counted)  # type: ignore[arg-type]
+    try:
+        await client.servers(BACKEND)
+        counted.lines.clear()
+        # Twelve node tasks polling the backend at once: at most two reads between them.
+        views = await asyncio.gather(*(client.server(BACKEND, n) for n in NODES * 4))
+        assert [v.name for v in views] == NODES * 4
+        assert all(v.admin_state == "READY" for v in views)
+        reads = [line for line in counted.lines if line.startswith("show stat")]
+        assert 1 <= len(reads) <= 2, counted.lines
+        # A caller's read never predates its own write, even with another read under way.
+        running = asyncio.ensure_future(client.servers(BACKEND))
+        await asyncio.sleep(0)
+        await client.set_state(BACKEND, "node2", "drain")
+        assert (await client.server(BACKEND, "node2")).admin_state == "DRAIN"
+        await running
+    finally:
+        await client.set_state(BACKEND, "node2", "ready")
+        await client.close()
+
+
 def silent_listener() -> socket.socket:
     """A TCP port that completes the handshake (kernel backlog) and then never says a word."""
     s = socket.socket()
