@@ -24,6 +24,7 @@ from tests.unit.test_status import NOW, status_of
 from wso2_operator.model import IN_FLIGHT, NodeProgress, Phase, RolloutState
 from wso2_operator.planner import display_phase, effective_target
 from wso2_operator.status import (
+    _HISTORY_TEXT,
     EARLIEST_TIME,
     FUTURE_SLACK,
     HISTORY_LIMIT,
@@ -264,7 +265,10 @@ def check_history(h: object, now: float) -> None:
     assert type(h) is list and len(h) <= HISTORY_LIMIT
     for e in h:
         assert type(e) is dict and e
-        assert set(e) <= {"fromVersion", "toVersion", "startTime", "endTime", "result", "message"}
+        # Every field status.py keeps (hypothesis found `attempts` missing from this list).
+        assert set(e) <= {*_HISTORY_TEXT, "startTime", "endTime", "attempts"}
+        if "attempts" in e:
+            assert type(e["attempts"]) is int and 1 < e["attempts"] <= MAX_ATTEMPTS
         for key in ("fromVersion", "toVersion"):
             if key in e:
                 check_text(e[key], VERSION_LIMIT)
