@@ -667,6 +667,20 @@ def test_status_patch_does_not_bump_generation(kube: Kube, ns: str) -> None:
     assert obj["status"]["observedGeneration"] == 1  # the operator has not caught up yet
 
 
+def test_duplicate_node_hosts_are_refused_on_update_too(kube: Kube, ns: str) -> None:
+    """The host/sshPort rule is judged only when spec.nodes changes (optionalOldSelf), so it
+    costs nothing on status writes; a change that introduces a duplicate is still refused."""
+    obj = create(kube, ns, "dup-update")
+    patch_status(kube, ns, "dup-update", {"phase": "Ready"})  # spec.nodes unchanged: accepted
+    nodes = copy.deepcopy(obj["spec"]["nodes"])
+    nodes[1]["host"] = nodes[0]["host"]
+    proc = kube.run("patch", "w2c", "dup-update", "-n", ns, "--type=merge",
+                    "-p", json.dumps({"spec": {"nodes": nodes}}), check=False)  # fmt: skip
+    assert proc.returncode != 0, proc.stdout
+    assert "must not list the same host and sshPort twice" in proc.stderr, proc.stderr
+    assert kube.get_json("w2c", "dup-update", "-n", ns)["spec"]["nodes"] == obj["spec"]["nodes"]
+
+
 def test_status_on_main_resource_is_ignored(kube: Kube, ns: str) -> None:
     create(kube, ns, "main-status")
     patch_status(kube, ns, "main-status", {"phase": "Ready"})
