@@ -279,10 +279,15 @@ async def lb_states(spec: ClusterSpec, adapters: Adapters) -> dict[str, dict[str
 
 
 async def lb_view(
-    spec: ClusterSpec, adapters: Adapters, extra_servers: Iterable[str] = ()
+    spec: ClusterSpec,
+    adapters: Adapters,
+    extra_servers: Iterable[str] = (),
+    *,
+    not_before: float | None = None,
 ) -> LBView:
     """Every node's state on every LB: Unreachable where an LB does not answer, Error where it
-    answers but not usably (garbage, not level admin, no such backend)."""
+    answers but not usably (garbage, not level admin, no such backend). From reads that started
+    after ``not_before`` (``time.monotonic()``; default: now)."""
     names = [*spec.node_names, *extra_servers]
     result: dict[str, dict[str, str]] = {n: {} for n in names}
     errors: dict[str, WSO2OperatorError] = {}
@@ -292,7 +297,7 @@ async def lb_view(
             async with timed("lb"):
                 # show stat alone reports a DOWN server in DRAIN as plain DOWN; the merged view
                 # carries the real admin flags.
-                return client.name, await client.servers(spec.backend), ""
+                return client.name, await client.servers(spec.backend, not_before=not_before), ""
         except LBUnreachable:
             return client.name, None, UNREACHABLE
         except WSO2OperatorError as e:

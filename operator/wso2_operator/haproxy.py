@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from .coalesce import Coalesced
 from .errors import (
     ConfigError,
     HAProxyError,
@@ -34,7 +35,6 @@ from .haproxy_parse import (
     raise_for_error,
 )
 from .haproxy_transport import SshUnixTransport, TcpTransport, Transport, UnixSocketTransport
-from .shared_read import SharedRead
 from .ssh import SSHExecutor
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class LBClient:
         self.transport = transport
         # The `Pid:` of the worker that answered the last read: counters restart with a new one.
         self.worker_id = ""
-        self._server_reads: dict[str, SharedRead[dict[str, ServerStat]]] = {}
+        self._server_reads: dict[str, Coalesced[dict[str, ServerStat]]] = {}
 
     def __repr__(self) -> str:
         return f"<LBClient {self.name} via {self.transport!r}>"
@@ -159,26 +159,31 @@ class LBClient:
             raise_for_error(reply, lb=self.name, command=line, backend=backend)
         return parse_servers_state(reply, backend=backend, lb=self.name)
 
-    async def servers(self, backend: str) -> dict[str, ServerStat]:
-        """``show stat`` merged with ``show servers state`` (real admin flags and op state).
+    async def servers(
+        self, backend: str, *, not_before: float | None = None
+    ) -> dict[str, ServerStat]:
+        """``show stat`` merged with ``show servers state`` (real admin flags and op state),
+        from a read that started after ``not_before`` (``time.monotonic()``; default: now).
 
-        Concurrent callers share one read that started after they asked (see shared_read.py):
-        the node tasks of a big cluster poll the same backend at once.
+        Callers share reads (see coalesce.py): the node tasks of a big cluster poll the same
+        backend at once.
         """
         _check_name("backend", backend)
         shared = self._server_reads.get(backend)
         if shared is None:
-            shared = self._server_reads[backend] = SharedRead(lambda: self._read_servers(backend))
-        return dict(await shared.read())
+            shared = self._server_reads[backend] = Coalesced(lambda: self._read_servers(backend))
+        return dict(await shared.run(not_before))
 
     async def _read_servers(self, backend: str) -> dict[str, ServerStat]:
         stats = await self.show_stat(backend)
         states = await self.show_servers_state(backend, check_worker=False)
         return {n: merge_state(s, states.get(n)) for n, s in stats.items()}
 
-    async def server(self, backend: str, server: str) -> ServerStat:
+    async def server(
+        self, backend: str, server: str, *, not_before: float | None = None
+    ) -> ServerStat:
         _check_name("server", server)
-        found = (await self.servers(backend)).get(server)
+        found = (await self.servers(backend, not_before=not_before)).get(server)
         if found is None:
             raise NoSuchServer(
                 f"LB {self.name}: no server {server!r} in backend {backend!r}",

@@ -300,10 +300,12 @@ class LBPool:
         already_maint = [lb for lb, v in views.items() if v.admin_state == "MAINT"]
         todo = [c for c in run.active if views[c.name].admin_state == "READY"]
         await run.each(lambda c: c.set_state(backend, server, "drain"), todo)
+        wrote = time.monotonic()
         forced = False
         at_deadline: dict[str, int] = {}
         while True:
-            views = await run.each(lambda c: c.server(backend, server))
+            fresh = self._poll_floor(wrote)
+            views = await run.each(lambda c, f=fresh: c.server(backend, server, not_before=f))
             # READY again means the LB reloaded (runtime state lost) or someone re-enabled it.
             back = [c for c in run.active if views[c.name].admin_state == "READY"]
             if back:
@@ -314,6 +316,7 @@ class LBPool:
                     [c.name for c in back],
                 )
                 await run.each(lambda c: c.set_state(backend, server, "drain"), back)
+                wrote = time.monotonic()
             busy = {lb: v.sessions for lb, v in views.items() if v.sessions}
             if not busy and not back:
                 break
@@ -333,6 +336,7 @@ class LBPool:
                 log.warning("%s/%s drain deadline: cutting sessions %s", backend, server, busy)
                 victims = [c for c in run.active if c.name in busy]
                 await run.each(lambda c: c.shutdown_sessions(backend, server), victims)
+                wrote = time.monotonic()
                 break
             await asyncio.sleep(self.poll_interval)
         wait_seconds = time.monotonic() - t0
@@ -341,7 +345,8 @@ class LBPool:
             # `shutdown sessions` is asynchronous: read scur again.
             grace_end = time.monotonic() + shutdown_grace
             while True:
-                views = await run.each(lambda c: c.server(backend, server))
+                fresh = self._poll_floor(wrote)
+                views = await run.each(lambda c, f=fresh: c.server(backend, server, not_before=f))
                 left = {lb: v.sessions for lb, v in views.items() if v.sessions}
                 if not left or time.monotonic() >= grace_end:
                     break
@@ -363,6 +368,11 @@ class LBPool:
             sessions_left=left,
             wait_seconds=wait_seconds,
         )
+
+    def _poll_floor(self, wrote: float) -> float:
+        """How old a read a polling loop accepts: newer than its own last write, and at most one
+        poll interval old (another node's poll of the same backend serves it meanwhile)."""
+        return max(wrote, time.monotonic() - self.poll_interval)
 
     async def _begin_fresh_check(
         self, client: LBClient, backend: str, server: str, admin: AdminState
@@ -430,10 +440,13 @@ class LBPool:
         warmed = self._warmed.pop((backend, server), set())
         begin = [c for c in work if not (c.name in warmed and admin[c.name] == "DRAIN")]
         await run.each(lambda c: self._begin_fresh_check(c, backend, server, admin[c.name]), begin)
-        t_changed = time.monotonic()
+        t_changed = wrote = time.monotonic()
         last: dict[str, str] = {}
         while True:
-            views = await run.each(lambda c: c.server(backend, server), [*work, *waiting_up])
+            fresh = self._poll_floor(wrote)
+            views = await run.each(
+                lambda c, f=fresh: c.server(backend, server, not_before=f), [*work, *waiting_up]
+            )
             last = {lb: v.status for lb, v in views.items()}
             # Lost our DRAIN (LB reload or a concurrent actor): start the proof again there.
             lost = [c for c in work if c.name in views and views[c.name].admin_state != "DRAIN"]
@@ -449,6 +462,7 @@ class LBPool:
                     lambda c, a=lost_admin: self._begin_fresh_check(c, backend, server, a[c.name]),
                     lost,
                 )
+                wrote = time.monotonic()
             healthy = not lost and all(
                 fresh_pass_after_forced_down(views[c.name]) for c in work if c.name in views
             )

@@ -196,8 +196,9 @@ async def test_commands_queued_behind_a_dead_lb_fail_with_it_not_one_timeout_eac
     finally:
         signal_all(frozen, signal.SIGCONT)
     assert all(isinstance(e, LBUnreachable) for e in errors), errors
-    # One command met the dead LB; the five queued behind it were told at once.
-    waited = [e for e in errors if "queued ahead" not in str(e)]
+    # One command met the dead LB; the others were told at once (a cluster's two callers share
+    # one read, so they share its error too).
+    waited = {id(e) for e in errors if "queued ahead" not in str(e)}
     assert len(waited) == 1, errors
     # Back: the next command of any cluster opens a new session and gets an answer.
     assert not (await lb_view(specs[2], adapters[2])).errors
