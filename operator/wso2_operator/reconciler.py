@@ -25,6 +25,7 @@ from .adapters import Adapters, adapter_key, lb_view, observe, reason_of, timed
 from .analysis import NodeAnalysis
 from .canary import CanaryGate
 from .canary_driver import CanaryDriving
+from .coalesce import Coalesced
 from .custody import HAND_BACK_ANNOTATION, Custody, departed_from_status, hand_back_nodes
 from .errors import (
     WSO2OperatorError,
@@ -119,6 +120,9 @@ class ClusterReconciler(CanaryDriving, PlayDriving, MaintenanceRollouts):
         self._retired: list[Adapters] = []
         self.wake = asyncio.Event()
         self._persist_lock = asyncio.Lock()
+        # Node tasks record their steps through shared writes (see persist).
+        self._status_writes: Coalesced[None] = Coalesced(self._write_for_waiters)
+        self._newest_spec: ClusterSpec | None = None
         self._last_plan: Plan | None = None
         self._stood_down = False
         self._reassert_failed: set[str] = set()
@@ -565,36 +569,57 @@ class ClusterReconciler(CanaryDriving, PlayDriving, MaintenanceRollouts):
 
     # ------------------------------------------------------------------ status
     async def persist(self, spec: ClusterSpec, p: Plan | None = None) -> None:
+        """Write the state in memory to status; returns once a write that started after this
+        call succeeded, so everything the caller changed before calling is recorded.
+
+        The node tasks of a big cluster record steps at the same time, and each write carries
+        the whole status: those that ask while a write runs share the next one (coalesce.py),
+        made with the newest spec any of them passed. The loop's own write of the nodes it is
+        about to begin carries its plan and is made as it is.
+        """
+        if p is not None:
+            async with self._persist_lock:
+                await self._write_status(spec, p)
+            return
+        self._newest_spec = spec
+        await self._status_writes.run()
+
+    async def _write_for_waiters(self) -> None:
+        spec = self._newest_spec
+        assert spec is not None
         async with self._persist_lock:
-            p = p or plan(spec, self.observed, self.progress, self.rollout)
-            # History and Ready=True go out in the same write, so readers never see one alone.
-            self._finish_rollout_if_done(spec, p, time.time())
-            # The gauge follows every status write: a node task that finishes the rollout
-            # writes status itself, between two passes of the loop.
-            metrics.nodes_out(self.namespace, self.name, len(p.unavailable))
-            self.custody.report_problem(self.problem)
-            lb_block = p.blocked in (Blocked.LB_UNREACHABLE, Blocked.LB_ERROR)
-            self.custody.report_blocked(p.blocked if lb_block else None, p.blocked_message)
-            status = summarize(
-                spec=spec,
-                generation=self.generation,
-                observed=self.observed,
-                progress=self.progress,
-                rollout=self.rollout,
-                plan=p,
-                previous_conditions=self.conditions,
-                problem=self.problem,
-                now=time.time(),
-                departed=self.custody.departed,
-                hold=self._hold(),
-            )
-            self._canary_status(spec, status)
-            self._hooks_status(spec, status, p)
-            self.custody.report_paused(spec.paused, status, spec.version)
-            status["history"] = self.history
-            status["departedNodes"] = list(self.custody.departed)
-            await self.writer.write(status)
-            self.conditions = status["conditions"]
+            await self._write_status(spec, None)
+
+    async def _write_status(self, spec: ClusterSpec, p: Plan | None) -> None:
+        p = p or plan(spec, self.observed, self.progress, self.rollout)
+        # History and Ready=True go out in the same write, so readers never see one alone.
+        self._finish_rollout_if_done(spec, p, time.time())
+        # The gauge follows every status write: a node task that finishes the rollout
+        # writes status itself, between two passes of the loop.
+        metrics.nodes_out(self.namespace, self.name, len(p.unavailable))
+        self.custody.report_problem(self.problem)
+        lb_block = p.blocked in (Blocked.LB_UNREACHABLE, Blocked.LB_ERROR)
+        self.custody.report_blocked(p.blocked if lb_block else None, p.blocked_message)
+        status = summarize(
+            spec=spec,
+            generation=self.generation,
+            observed=self.observed,
+            progress=self.progress,
+            rollout=self.rollout,
+            plan=p,
+            previous_conditions=self.conditions,
+            problem=self.problem,
+            now=time.time(),
+            departed=self.custody.departed,
+            hold=self._hold(),
+        )
+        self._canary_status(spec, status)
+        self._hooks_status(spec, status, p)
+        self.custody.report_paused(spec.paused, status, spec.version)
+        status["history"] = self.history
+        status["departedNodes"] = list(self.custody.departed)
+        await self.writer.write(status)
+        self.conditions = status["conditions"]
 
     # ------------------------------------------------------------------ one node
     async def _drive_node(self, name: str) -> None:
