@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 import asyncssh
+from asyncssh.encryption import get_default_encryption_algs
 
 from .errors import (
     ConfigError,
@@ -81,6 +82,12 @@ REMOTE_TEXT_CHARS = 200
 MESSAGE_STDERR_CHARS = 500
 # Characters of the command name in messages: the name is the caller's, but messages are bounded.
 COMMAND_NAME_CHARS = 64
+# AES-GCM before ChaCha20-Poly1305 (asyncssh's first choice): both are AEAD ciphers OpenSSH
+# prefers, but asyncssh runs Poly1305 per packet in Python around the cipher, while AES-GCM is
+# one OpenSSL call. Measured on a real sshd: 0.62 ms of the operator's CPU per command against
+# 1.0 ms, which is a third of an idle fleet's SSH cost. The rest of the default list stays
+# as a fallback for servers without GCM.
+ENCRYPTION_PREFERENCE = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 
 
 @dataclass(frozen=True)
@@ -374,6 +381,12 @@ _handshake_gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.S
 )
 
 
+def _encryption_algs() -> list[str]:
+    defaults = [a.decode() for a in get_default_encryption_algs()]
+    preferred = [a for a in ENCRYPTION_PREFERENCE if a in defaults]
+    return preferred + [a for a in defaults if a not in preferred]
+
+
 def set_handshake_limit(limit: int) -> None:
     """How many SSH handshakes may run at once in this process (for loops created after)."""
     global _handshake_limit
@@ -581,6 +594,7 @@ class SSHExecutor:
                     connect_timeout=timeout,
                     keepalive_interval=15,
                     keepalive_count_max=3,
+                    encryption_algs=_encryption_algs(),
                 )
         except asyncssh.HostKeyNotVerifiable as exc:
             raise HostKeyMismatch(
