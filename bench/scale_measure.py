@@ -44,6 +44,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_cpu_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine since boot, every core, from /proc/stat;
+    idle and iowait count as not busy."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_share(before: tuple[int, int], after: tuple[int, int]) -> float | None:
+    """How busy the machine's cores were between two `machine_cpu_jiffies()` readings, 0-1."""
+    total = after[1] - before[1]
+    return (after[0] - before[0]) / total if total > 0 else None
+
+
 def own_cpu_seconds() -> float:
     """utime + stime of this process, every thread of it (the bench's own cost)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)

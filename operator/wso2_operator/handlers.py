@@ -153,8 +153,11 @@ async def _drop_unsharded_finalizer(kube: KubeAdapter, namespace: str, name: str
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL, id="wake", when=IN_SHARD)
-def wake(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """Wake the loop at once on a spec or retry change; our own status writes do not count."""
+async def wake(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Wake the loop at once on a spec or retry change; our own status writes do not count.
+
+    Async, though it never awaits: kopf runs a sync handler in a thread of its executor, a
+    hop for every watch event, and most events are this operator's own status writes."""
     r = memo.get("reconciler")
     key = _trigger(body)
     if r is not None and key != memo.get("seen"):

@@ -30,7 +30,7 @@ from bench.profiles import (
     RunOptions,
 )
 from bench.runs import run_operator
-from bench.scale import parse_args, run_big, run_concurrent
+from bench.scale import parse_args, print_table, run_big, run_concurrent
 from wso2_sandbox.fleet import Fleet
 
 pytestmark = pytest.mark.e2e
@@ -123,7 +123,9 @@ def test_bad_release_analysis_run_reports_the_catch(
 
 
 @pytest.mark.timeout(300)
-def test_scale_bench_at_a_tiny_size(bench_kube: BenchKube, tmp_path: Path) -> None:
+def test_scale_bench_at_a_tiny_size(
+    bench_kube: BenchKube, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     # The scale bench's own code at 3 clusters x 2 nodes (one behind load, one rolled alone
     # first) and a 4-node cluster at maxUnavailable 50 %: correctness and that every figure is
     # there; the figures themselves are the bench's business. The load runs in its own process
@@ -160,3 +162,17 @@ def test_scale_bench_at_a_tiny_size(bench_kube: BenchKube, tmp_path: Path) -> No
     assert 1 <= b["max_nodes_admin_out"] <= 2, detail
     assert b["batches"] == 2 and b["physical_limit_seconds"] > 0, detail
     assert b["rollout_seconds"] is not None and b["overhead"] is not None, detail
+    # What explains the overhead: the per-batch excess, how busy the cores were, and where a
+    # node's time went beyond its own work.
+    assert b["overhead_per_batch_seconds"] is not None, detail
+    assert 0 < b["machine_busy_percent"] <= 100 and b["operator_cpu_seconds"] > 0, detail
+    timeline = b["node_timeline_mean_seconds"]
+    assert {"to_stop", "stop_to_install", "install_to_start", "ready_to_up"} <= set(timeline)
+    assert all(v >= 0 for v in timeline.values()), detail
+    assert (b["boot_seconds"], b["install_seconds"]) == (1.5, 0.3), detail
+    capsys.readouterr()
+    print_table({"concurrent": c, "big": b, "big-slow": b})
+    table = capsys.readouterr().out
+    for part in ("big", "big-slow"):
+        assert f"| {part}: 4 nodes (boot 1.5 s, install 0.3 s), maxUnavailable 50%" in table
+    assert "idle 3" in table and "a batch beyond the limit" in table, table
