@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -161,8 +161,12 @@ async def observe(
     adapters: Adapters,
     extra_servers: Iterable[str] = (),
     deadline: float = OBSERVE_DEADLINE,
+    known: Mapping[str, NodeObservation] | None = None,
 ) -> tuple[dict[str, NodeObservation], SetupProblem | None, dict[str, dict[str, str]]]:
     """Every node's version (SSH), health (HTTP) and state on every LB, concurrently.
+
+    The version and revision of a node in ``known`` are taken from there instead of asked
+    (probe_cadence.py); its health and LB state are always read.
 
     Returns the observations, the first problem that stops the operator from acting (a refused
     SSH key or host key, an LB that answers garbage), and the LB states of ``extra_servers``
@@ -180,16 +184,28 @@ async def observe(
             return fallback
 
     late = VersionProblem("VersionProbeTimeout", f"no answer within {deadline:g}s")
+    known = known or {}
+
+    def version_of(n: NodeSpec) -> Awaitable[str | VersionProblem | SetupProblem]:
+        if n.name in known and known[n.name].version is not None:
+            return _ready(known[n.name].version)
+        return bounded(probe_version(spec, adapters, n), late)
+
+    def revision_of(n: NodeSpec) -> Awaitable[Revision | None]:
+        if n.name in known:
+            return _ready(known[n.name].revision)
+        return bounded(probe_revision(spec, adapters, n), None)
+
     view, versions, health, revisions = await asyncio.gather(
         bounded(lb_view(spec, adapters, extra_servers), None),
-        asyncio.gather(*(bounded(probe_version(spec, adapters, n), late) for n in spec.nodes)),
+        asyncio.gather(*(version_of(n) for n in spec.nodes)),
         asyncio.gather(
             *(
                 bounded(adapters.health.check(n.host, spec.health), (False, "timed out"))
                 for n in spec.nodes
             )
         ),
-        asyncio.gather(*(bounded(probe_revision(spec, adapters, n), None) for n in spec.nodes)),
+        asyncio.gather(*(revision_of(n) for n in spec.nodes)),
     )
     if view is None:
         names = [*spec.node_names, *extra_servers]
@@ -209,6 +225,10 @@ async def observe(
         )
     extra = {n: view.states.get(n, {}) for n in extra_servers}
     return out, problem, extra
+
+
+async def _ready(value: T) -> T:
+    return value
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,7 @@ from .planner import (
     plan,
     step_deadline,
 )
+from .probe_cadence import ProbeCadence
 from .progressive import analysis_from_status, seen_tokens
 from .revision import Kind, Revision
 from .status import (
@@ -85,6 +86,9 @@ class Settings:
     # took over, and kopf resumes the newcomer at once). The paused one cancels its step within
     # milliseconds; waiting this long first keeps two replicas from running the same step.
     resume_grace: float = 2.0
+    # A quiet cluster reads its nodes' versions over SSH every this many passes (see
+    # probe_cadence.py); health and LB state on every pass.
+    version_probe_every: int = 2
 
     @property
     def writer_lease(self) -> float:
@@ -125,6 +129,9 @@ class ClusterReconciler(CanaryDriving, PlayDriving, MaintenanceRollouts):
         self._newest_spec: ClusterSpec | None = None
         self._last_plan: Plan | None = None
         self._stood_down = False
+        self.probe_cadence = ProbeCadence(self.settings.version_probe_every)
+        self._woken = True  # the first pass reads everything
+        self._last_pass: tuple[bool, int] | None = None  # (active, generation) of the last pass
         self._reassert_failed: set[str] = set()
         self._analysis_task: asyncio.Task[None] | None = None
         self.gate: CanaryGate | None = None
@@ -314,6 +321,7 @@ class ClusterReconciler(CanaryDriving, PlayDriving, MaintenanceRollouts):
         for w in pending:
             if w not in self.tasks.values():
                 w.cancel()
+        self._woken = self.wake.is_set() or len(pending) < len(waiters)
         self.wake.clear()
 
     async def reconcile_once(self) -> bool:
@@ -337,10 +345,11 @@ class ClusterReconciler(CanaryDriving, PlayDriving, MaintenanceRollouts):
         previous = self.observed
         self.custody.note_departed(spec, self.progress)
         extra: dict[str, dict[str, str]] = {}
+        known = self.probe_cadence.reusable(quiet=self._quiet(), previous=previous)
         for _ in range(3):
             snapshot = dict(self.progress)
             self.observed, self.problem, extra = await observe(
-                spec, adapters, self.custody.departed
+                spec, adapters, self.custody.departed, known=known
             )
             # A node task that finished while we observed makes the observation stale for that
             # node (e.g. seen in DRAIN, now Current): planning on it would start it again.
@@ -412,7 +421,22 @@ class ClusterReconciler(CanaryDriving, PlayDriving, MaintenanceRollouts):
                 self.tasks[n] = asyncio.create_task(self._drive_node(n), name=f"node-{n}")
         self._ensure_analysis(spec)
         holding = self.gate is not None and self.gate.holding
-        return bool(self.tasks) or bool(p.unavailable) or holding
+        active = bool(self.tasks) or bool(p.unavailable) or holding
+        self._last_pass = (active, self.generation)
+        return active
+
+    def _quiet(self) -> bool:
+        """Nothing suggests a change since the last pass (probe_cadence.py): the timer woke this
+        pass, no node is in flight, the last pass was idle, found no problem and saw this
+        generation."""
+        in_flight = any(p.phase in IN_FLIGHT for p in self.progress.values())
+        return (
+            not self._woken
+            and not self.tasks
+            and not in_flight
+            and self.problem is None
+            and self._last_pass == (False, self.generation)
+        )
 
     def _unchanged(self, snapshot: Mapping[str, NodeProgress]) -> bool:
         return all(self.progress.get(n) is p for n, p in snapshot.items()) and len(snapshot) == len(

@@ -68,3 +68,23 @@ def test_metrics_move_during_rollout(make_env):
         before, "wso2_adapter_call_duration_seconds_count", adapter="lb"
     )
     assert value(after, "wso2_rollout_failures_total") == 0
+
+    # Idle: every pass writes status (its `writer` stamp counts the writes) and reads health
+    # and LB state, but reads versions over SSH only every second pass (probe_cadence.py).
+    time.sleep(4)  # the rollout's last passes settle
+
+    def writes() -> int:
+        return int(str(env.get()["status"]["writer"]).rpartition("#")[2])
+
+    w0, ssh0 = (
+        writes(),
+        value(scrape(port), "wso2_adapter_call_duration_seconds_count", adapter="ssh"),
+    )
+    time.sleep(16)  # 5 passes at WSO2_OBSERVE_PERIOD=3
+    w1, ssh1 = (
+        writes(),
+        value(scrape(port), "wso2_adapter_call_duration_seconds_count", adapter="ssh"),
+    )
+    passes, per_node = w1 - w0, (ssh1 - ssh0) / 3
+    assert passes >= 4, (passes, per_node)
+    assert passes / 2 - 1 <= per_node <= passes / 2 + 1, (passes, per_node)
