@@ -14,8 +14,8 @@ import time
 from collections.abc import AsyncIterator, Iterator
 
 import asyncssh
-from asyncssh.encryption import get_default_encryption_algs
 import pytest
+from asyncssh.encryption import get_default_encryption_algs
 
 from wso2_operator.errors import (
     ConfigError,
@@ -162,7 +162,9 @@ async def test_concurrency_is_bounded_and_shares_one_connection(
         assert await ex.connection(node.host, node.ssh_port) is not conns[0]
 
 
-async def test_prefers_aes_gcm_and_keeps_the_other_defaults(ex: SSHExecutor, node: NodeHandle) -> None:
+async def test_prefers_aes_gcm_and_keeps_the_other_defaults(
+    ex: SSHExecutor, node: NodeHandle
+) -> None:
     # AES-GCM costs the operator ~40 % less CPU per command than asyncssh's ChaCha20 default.
     conn = await ex.connection(node.host, node.ssh_port)
     assert conn.get_extra_info("send_cipher") == "aes128-gcm@openssh.com"
