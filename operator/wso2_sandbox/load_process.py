@@ -23,6 +23,7 @@ A crash (exception, signal) is raised by `stop()` with the child's stderr, never
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import resource
@@ -71,8 +72,15 @@ class LoadProcess:
         *,
         mode: str = "split",
         snapshot_interval: float = 1.0,
+        nice: int = 0,
     ) -> None:
+        """``nice`` < 0 runs the child ahead of the system under test (needs root or
+        CAP_SYS_NICE; without it the child runs at the default priority, and ``priority``
+        says so): a client on a machine of its own, whose schedule does not slip when the
+        machine under test saturates its cores."""
         LoadGenerator(targets, config, mode=mode)  # validates the arguments here, not in the child
+        self.nice = nice
+        self.priority: int | None = None  # the child's nice value once it started
         self.config = config or LoadConfig()
         self._dir = Path(tempfile.mkdtemp(prefix="load-process-"))
         self._spec = {
@@ -102,6 +110,10 @@ class LoadProcess:
             stderr=self._stderr,
             text=True,
         )
+        if self.nice:
+            with contextlib.suppress(PermissionError):
+                os.setpriority(os.PRIO_PROCESS, self._proc.pid, self.nice)
+        self.priority = os.getpriority(os.PRIO_PROCESS, self._proc.pid)
         assert self._proc.stdout is not None
         ready, _, _ = select.select([self._proc.stdout], [], [], START_TIMEOUT)
         line = self._proc.stdout.readline().strip() if ready else ""

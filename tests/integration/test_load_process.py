@@ -116,3 +116,16 @@ def test_an_exception_in_the_child_is_reported_with_its_traceback(server: Target
         shutil.rmtree(load.counters.path.parent, ignore_errors=True)
     with pytest.raises(RuntimeError, match=r"(?s)crashed: exit code 1.*FileNotFoundError"):
         load.stop()
+
+
+def test_the_child_runs_ahead_of_the_machine_under_test_when_allowed(server: Target) -> None:
+    load = LoadProcess([server], config(), nice=-5).start()
+    try:
+        # Root (CI) may raise a priority; anyone else keeps the default and is told so.
+        expected = -5 if os.geteuid() == 0 else 0
+        assert load.priority == expected
+        assert load.pid is not None and os.getpriority(os.PRIO_PROCESS, load.pid) == expected
+        wait_sent(load, 20)  # and it still works as before
+    finally:
+        records = load.stop()
+    assert records and all(r.ok for r in records)
