@@ -186,8 +186,8 @@ async def observe(
     late = VersionProblem("VersionProbeTimeout", f"no answer within {deadline:g}s")
     known = known or {}
 
-    def version_of(n: NodeSpec) -> Awaitable[str | VersionProblem | SetupProblem]:
-        if n.name in known and known[n.name].version is not None:
+    def version_of(n: NodeSpec) -> Awaitable[str | VersionProblem | SetupProblem | None]:
+        if n.name in known:
             return _ready(known[n.name].version)
         return bounded(probe_version(spec, adapters, n), late)
 

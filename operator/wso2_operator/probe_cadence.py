@@ -2,10 +2,11 @@
 
 An idle pass observes every node's health (HTTP) and state on every LB, and each node's version
 (and recorded revision) with an SSH command. Health and LB state are what keep a held node out
-after an HAProxy reload and count nodes that went down, so they are read on every pass. The
-version changes only when someone installs by hand, and that restarts the product, which the
-health check or HAProxy sees; so on a quiet cluster it is re-read every `every`-th pass. At 50
-idle clusters that halves the SSH commands and takes a share of the operator's idle CPU off.
+after an HAProxy reload and count nodes that went down, so they are read on every pass. A
+version or revision changes only when someone changes the node by hand, which the operator then
+reports as drift; on a quiet cluster both are re-read every `every`-th pass, so such a change is
+seen at most that many passes later. At 50 idle clusters that halves the SSH commands and takes
+a share of the operator's idle CPU off.
 
 Any sign of change makes the pass read everything: a pass woken by an edit of the object, a
 rollout or node task under way, a problem in the last pass, a new generation, a node that was
